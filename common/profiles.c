@@ -1,0 +1,34 @@
+#include "common/profiles.h"
+#include <string.h>
+
+static const char *const vmmd_groups[] = { "base", "fs-read", "fs-write", "net", "wait", NULL };
+static const char *const vcpu_worker_groups[] = { "base", "kvm", NULL };
+static const char *const blockd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
+static const char *const fsd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
+static const char *const netfilterd_groups[] = { "base", "net", NULL };
+static const char *const spawner_groups[] = {
+    "base", "fs-read", "fs-write", "net", "kvm", "wait", "spawn", NULL,
+};
+
+static const VmmSandboxProfile profiles[] = {
+    { "vmmd", vmmd_groups },
+    { "vcpu-worker", vcpu_worker_groups },
+    { "blockd", blockd_groups },
+    { "fsd", fsd_groups },
+    { "netfilterd", netfilterd_groups },
+    { "spawner", spawner_groups },
+};
+
+const VmmSandboxProfile *vmm_profile_for(const char *process)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(profiles); i++) {
+        if (strcmp(profiles[i].process, process) == 0)
+            return &profiles[i];
+    }
+    return NULL;
+}
+
+const VmmSandboxProfile *vmm_profile_spawner(void)
+{
+    return vmm_profile_for("spawner");
+}

@@ -1,0 +1,13 @@
+/* netfilterd: netdevs and packet filters. For now it does the helper's part of the
+ * foundation: handshake, sandbox, status. */
+#include "common/helper.h"
+#include "common/profiles.h"
+
+int main(int argc, char **argv)
+{
+    VmmHelperDesc desc = {
+        .role = "netfilterd",
+        .profile = vmm_profile_for("netfilterd"),
+    };
+    return vmm_helper_main(argc, argv, &desc);
+}

@@ -1,0 +1,58 @@
+# RigTest.cmake: vmm_add_rig_test(), for tests that need a real KVM.
+#
+#   include(${CMAKE_SOURCE_DIR}/tests/rig/RigTest.cmake)
+#   vmm_add_rig_test(NAME SCRIPT [ARGS...] [TIMEOUT seconds] [CWD dir] [ENV K=V...])
+#
+# Adds ctest test NAME (label "rig") that runs SCRIPT ARGS... as a job of the
+# "rig" fixture (tests/rig/CMakeLists.txt): inside the L1 guest, chrooted into
+# the host root, or directly on the host when the host's /dev/kvm boots Linux.
+# The job's environment is clean apart from RIG_MODE (l1|host), RIG_KIT (kit
+# directory: kit.env names the kernel and initramfs files), VMM_SOURCE_DIR,
+# VMM_BUILD_DIR, VMM_BIN_DIR and the ENV values. CWD defaults to the current
+# binary directory, TIMEOUT to 600 s. Exit status 77 means skipped (no QEMU or
+# kernel on this host). The keywords TIMEOUT, CWD and ENV cannot be used as
+# script arguments.
+include_guard(GLOBAL)
+
+set(VMM_RIG_DIR "${CMAKE_CURRENT_LIST_DIR}" CACHE INTERNAL "tests/rig source directory")
+set(VMM_RIG_STATE "${CMAKE_BINARY_DIR}/rig-state" CACHE INTERNAL "state directory of the rig fixture")
+
+# vmm_rig_job_command(OUT NAME TIMEOUT CWD ENV_LIST SCRIPT ARGS...): the rig-job.sh
+# command line, for tests that wrap it (like the exit status test).
+function(vmm_rig_job_command out name timeout cwd envs)
+  set(cmd /bin/bash "${VMM_RIG_DIR}/rig-job.sh" --state "${VMM_RIG_STATE}" --name "${name}"
+          --timeout "${timeout}" --cwd "${cwd}"
+          --env "VMM_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+          --env "VMM_BUILD_DIR=${CMAKE_BINARY_DIR}"
+          --env "VMM_BIN_DIR=${VMM_BINARY_DIR}")
+  foreach(kv IN LISTS envs)
+    list(APPEND cmd --env "${kv}")
+  endforeach()
+  list(APPEND cmd -- ${ARGN})
+  set(${out} "${cmd}" PARENT_SCOPE)
+endfunction()
+
+# vmm_rig_test_properties(NAME TIMEOUT): what every rig test shares.
+function(vmm_rig_test_properties name timeout)
+  # ctest's own limit leaves room for the job's limit plus result pickup.
+  math(EXPR ctest_timeout "${timeout} + 60")
+  set_tests_properties(${name} PROPERTIES
+    LABELS rig
+    FIXTURES_REQUIRED rig
+    SKIP_RETURN_CODE 77
+    TIMEOUT ${ctest_timeout})
+endfunction()
+
+function(vmm_add_rig_test name script)
+  cmake_parse_arguments(PARSE_ARGV 2 RT "" "TIMEOUT;CWD" "ENV")
+  if(NOT RT_TIMEOUT)
+    set(RT_TIMEOUT 600)
+  endif()
+  if(NOT RT_CWD)
+    set(RT_CWD "${CMAKE_CURRENT_BINARY_DIR}")
+  endif()
+  vmm_rig_job_command(cmd "${name}" "${RT_TIMEOUT}" "${RT_CWD}" "${RT_ENV}"
+                      "${script}" ${RT_UNPARSED_ARGUMENTS})
+  add_test(NAME ${name} COMMAND ${cmd})
+  vmm_rig_test_properties(${name} ${RT_TIMEOUT})
+endfunction()

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 struct VmmHelper {
@@ -14,6 +15,7 @@ struct VmmHelper {
     VmmSandboxPolicy policy;
     gboolean sandboxed;
     int exit_code;
+    int proc_status_fd; /* /proc/self/status, opened before the sandbox */
     gpointer data;
 };
 
@@ -23,9 +25,22 @@ const VmmSandboxPolicy *vmm_helper_policy(VmmHelper *h) { return &h->policy; }
 void vmm_helper_set_data(VmmHelper *h, gpointer data) { h->data = data; }
 gpointer vmm_helper_get_data(VmmHelper *h) { return h->data; }
 
+/* Profiles without fs-read cannot open /proc/self/status once sandboxed, so
+ * the file is opened before and re-read from the start each time. */
+static JsonObject *read_sandbox_state(VmmHelper *h)
+{
+    char buf[8192];
+    ssize_t n = h->proc_status_fd >= 0 ? pread(h->proc_status_fd, buf, sizeof(buf) - 1, 0) : -1;
+    if (n <= 0)
+        return json_object_new();
+    buf[n] = '\0';
+    JsonObject *o = vmm_sandbox_state_parse(buf);
+    return o ? o : json_object_new();
+}
+
 static JsonObject *sandbox_report(VmmHelper *h)
 {
-    JsonObject *o = vmm_sandbox_state_self();
+    JsonObject *o = read_sandbox_state(h);
     g_autofree char *spec = vmm_sandbox_policy_to_string(&h->policy);
     json_object_set_string_member(o, "policy", spec);
     return o;
@@ -136,7 +151,7 @@ static gboolean parse_args(VmmHelper *h, int argc, char **argv, int *control_fd,
 
 int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc)
 {
-    VmmHelper h = { .desc = desc };
+    VmmHelper h = { .desc = desc, .proc_status_fd = -1 };
     int control_fd = -1;
     gboolean dump = FALSE;
     g_autoptr(GError) err = NULL;
@@ -160,6 +175,7 @@ int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc)
         vmm_error("control channel: %s", err->message);
         return 1;
     }
+    h.proc_status_fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (desc->prepare && !desc->prepare(&h, &err)) {
         vmm_error("%s", err->message);
         return 1;

@@ -32,6 +32,11 @@ static void reset_scan(VmmJsonStream *s, gsize consumed)
 static gboolean scan_byte(VmmJsonStream *s, char c)
 {
     if (s->in_string) {
+        /* JSON strings cannot hold raw control characters: the text is
+         * malformed, so end it here and let the parser say so, rather than
+         * swallow every following command into an endless string. */
+        if ((unsigned char)c < 0x20)
+            return TRUE;
         if (s->escaped)
             s->escaped = FALSE;
         else if (c == '\\')

@@ -101,9 +101,13 @@ static const char *const group_kvm[] = {
     NULL
 };
 
-/* "clone" here is any clone: with spawn in the list the flags are not checked. */
+/* "clone" here is any clone: with spawn in the list the flags are not checked.
+ * A filter outlives execve, so a spawned program starts under its spawner's
+ * filter until it loads its own: arch_prctl (TLS set-up at start-up), and
+ * capset and seccomp (entering its own sandbox) are what it needs beyond base
+ * and fs-read. */
 static const char *const group_spawn[] = {
-    "fork", "vfork", "execve", "execveat", "clone",
+    "fork", "vfork", "execve", "execveat", "clone", "arch_prctl", "capset", "seccomp",
     NULL
 };
 

@@ -12,6 +12,8 @@ packages=(
   qemu-utils qemu-system-x86 libnbd-bin nbdkit gnutls-bin
   # the guest test rig: L1 kernel and userspace
   linux-image-amd64 busybox-static cpio
+  # test tooling
+  jq procps socat
 )
 
 missing=()

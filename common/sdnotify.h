@@ -13,7 +13,8 @@ gboolean vmm_sd_notifyf(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3
 guint64 vmm_sd_watchdog_usec(void);
 
 #define VMM_SD_LISTEN_FDS_START 3
-/* Number of fds passed by socket activation (LISTEN_PID must be ours), starting
+/* Number of fds passed by socket activation (LISTEN_PID must be ours; 0 if not,
+ * or a negative errno for malformed variables, as sd_listen_fds), starting
  * at fd 3; they are made close-on-exec. NAMES (optional) gets LISTEN_FDNAMES
  * split on ':' (g_strfreev). With UNSET_ENV the variables are removed. */
 int vmm_sd_listen_fds(gboolean unset_env, char ***names);

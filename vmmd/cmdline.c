@@ -262,6 +262,8 @@ static void print_help(void)
            "vmmd options:\n"
            "-helpers LIST      helpers to run (default vcpu-worker,blockd,fsd,netfilterd)\n"
            "-helper-dir DIR    where the helper binaries are (default: beside vmmd)\n"
+           "-dump-seccomp      print the seccomp allowlists of vmmd and its spawner for\n"
+           "                   the -sandbox given, and exit (each helper: HELPER --dump-seccomp)\n"
            "-supervise max-restarts=N,backoff-ms=MS\n"
            "                   restart a crashed helper N times (default 5), first after MS\n"
            "                   milliseconds (default 100), doubling each time\n"
@@ -328,6 +330,10 @@ static gboolean apply_option(VmmConfig *c, const char *opt, const char *value,
     if (g_str_equal(opt, "pidfile")) {
         g_free(c->pidfile);
         c->pidfile = g_strdup(value);
+        return TRUE;
+    }
+    if (g_str_equal(opt, "dump-seccomp")) {
+        c->dump_seccomp = TRUE;
         return TRUE;
     }
     if (g_str_equal(opt, "daemonize")) {

@@ -182,8 +182,42 @@ static void watch_signal(Vmmd *d, uv_signal_t *s, int signum, uv_signal_cb cb)
     uv_signal_start(s, cb, signum);
 }
 
+/* Sockets passed by systemd (LISTEN_FDS) are QMP listeners, whatever their
+ * names: a unit's .socket file is how an operator asks for a QMP socket. */
+static gboolean serve_activated_sockets(Vmmd *d, GError **error)
+{
+    g_auto(GStrv) names = NULL;
+    int n = vmm_sd_listen_fds(TRUE, &names);
+    if (n < 0)
+        return vmm_set_errno(error, -n, "socket activation (LISTEN_FDS)");
+    for (int i = 0; i < n; i++) {
+        VmmQmpServer *s = vmm_qmp_start_fd(d, VMM_SD_LISTEN_FDS_START + i, error);
+        if (!s)
+            return FALSE;
+        vmm_info("serving QMP on activated socket %s (fd %d)", names && names[i] ? names[i] : "?",
+                 VMM_SD_LISTEN_FDS_START + i);
+        g_ptr_array_add(d->qmp_servers, s);
+    }
+    return TRUE;
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    vmm_sd_notify("WATCHDOG=1", NULL);
+}
+
+static void start_watchdog(Vmmd *d)
+{
+    guint64 usec = vmm_sd_watchdog_usec();
+    uv_timer_init(d->loop, &d->watchdog);
+    if (usec)
+        uv_timer_start(&d->watchdog, on_watchdog, 0, MAX(usec / 2000, 1));
+}
+
 static gboolean open_host_resources(Vmmd *d, GError **error)
 {
+    if (!serve_activated_sockets(d, error))
+        return FALSE;
     d->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (d->kvm_fd < 0)
         vmm_info("/dev/kvm: %s; KVM is not available", g_strerror(errno));
@@ -222,6 +256,7 @@ static int run(VmmConfig *config)
     watch_signal(&d, &d.sigterm, SIGTERM, on_term_signal);
     watch_signal(&d, &d.sigint, SIGINT, on_term_signal);
     watch_signal(&d, &d.sighup, SIGHUP, on_term_signal);
+    start_watchdog(&d);
 
     /* The spawner is forked first, before vmmd holds anything a helper must
      * not inherit and before vmmd's own filter. */
@@ -268,6 +303,14 @@ int main(int argc, char **argv)
         return 1;
     }
     if (exit_now) {
+        vmm_config_clear(&config);
+        return 0;
+    }
+    if (config.dump_seccomp) {
+        g_autofree char *own = vmm_sandbox_dump(vmm_profile_for("vmmd"), &config.sandbox);
+        VmmSandboxPolicy spawner_policy = vmm_spawner_policy(&config.sandbox);
+        g_autofree char *spawner = vmm_sandbox_dump(vmm_profile_spawner(), &spawner_policy);
+        printf("%s\n%s", own, spawner);
         vmm_config_clear(&config);
         return 0;
     }

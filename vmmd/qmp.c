@@ -343,9 +343,31 @@ VmmQmpServer *vmm_qmp_start(Vmmd *d, const VmmQmpAddr *addr, GError **error)
     return s;
 }
 
+VmmQmpServer *vmm_qmp_start_fd(Vmmd *d, int fd, GError **error)
+{
+    if (!clients)
+        clients = g_ptr_array_new();
+    VmmQmpServer *s = g_new0(VmmQmpServer, 1);
+    s->d = d;
+    uv_pipe_init(d->loop, &s->listener, 0);
+    s->listener.data = s;
+    int r = uv_pipe_open(&s->listener, fd);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&s->listener, 16, on_connection);
+    if (r < 0) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_IO, "QMP socket fd %d (socket activation): %s",
+                    fd, uv_strerror(r));
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        return NULL;
+    }
+    return s;
+}
+
 void vmm_qmp_stop(VmmQmpServer *s)
 {
-    unlink(s->path);
+    /* A socket that systemd passed us (no path) is systemd's to remove. */
+    if (s->path)
+        unlink(s->path);
     uv_close((uv_handle_t *)&s->listener, on_listener_closed);
     while (clients && clients->len)
         client_close(clients->pdata[0]);

@@ -111,15 +111,21 @@ static void spawner_handle(int sock, const char *buf, gssize len, int *fds, guin
     spawner_reply(sock, id, pid, pid < 0 ? err : NULL);
 }
 
+VmmSandboxPolicy vmm_spawner_policy(const VmmSandboxPolicy *vm_policy)
+{
+    /* Spawning is this process's whole job: spawn=deny binds the helpers it
+     * starts (they load their own filters), not the spawner. */
+    VmmSandboxPolicy own = *vm_policy;
+    own.spawn = VMM_SANDBOX_ALLOW;
+    return own;
+}
+
 static G_NORETURN void spawner_main(int sock, const VmmSandboxPolicy *policy)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     prctl(PR_SET_NAME, "vmmd-spawner");
     vmm_log_init("vmmd-spawner");
-    /* Spawning is this process's whole job: spawn=deny binds the helpers it
-     * starts (they load their own filters), not the spawner. */
-    VmmSandboxPolicy own = *policy;
-    own.spawn = VMM_SANDBOX_ALLOW;
+    VmmSandboxPolicy own = vmm_spawner_policy(policy);
     g_autoptr(GError) err = NULL;
     if (own.enabled && !vmm_sandbox_enter(vmm_profile_spawner(), &own, &err)) {
         vmm_error("sandbox: %s", err->message);

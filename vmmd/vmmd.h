@@ -23,6 +23,7 @@ typedef struct {
     GPtrArray *qmp;          /* VmmQmpAddr* */
     char *pidfile;
     gboolean daemonize;
+    gboolean dump_seccomp;   /* -dump-seccomp: print vmmd's and the spawner's allowlists */
     char *helper_dir;        /* where the helper binaries are */
     char **helpers;          /* which helpers to run */
     guint max_restarts;      /* -supervise max-restarts=N */
@@ -53,6 +54,7 @@ struct Vmmd {
     int kvm_fd;              /* /dev/kvm, or -1 */
     int kmsg_fd;             /* /dev/kmsg for seccomp audit records, or -1 */
     uv_signal_t sigchld, sigterm, sigint, sighup;
+    uv_timer_t watchdog;
     gboolean quitting;
     int exit_code;
     const char *status;      /* QMP run state */
@@ -61,6 +63,8 @@ struct Vmmd {
 
 /* spawner.c: the small process that forks helpers even under spawn=deny. */
 gboolean vmm_spawner_start(Vmmd *d, GError **error);
+/* The spawner's policy under the VM's: the same, but spawn allowed. */
+VmmSandboxPolicy vmm_spawner_policy(const VmmSandboxPolicy *vm_policy);
 /* Asks the spawner to run ARGV with FDS at child fds 3, 4, ... */
 typedef void (*VmmSpawnDoneFn)(Vmmd *d, int pid, const GError *error, gpointer user);
 void vmm_spawner_spawn(Vmmd *d, const char *const *argv, const int *fds, guint nfds,
@@ -86,6 +90,8 @@ char *vmm_seccomp_log_lookup(int kmsg_fd, int pid);
 
 /* qmp.c */
 VmmQmpServer *vmm_qmp_start(Vmmd *d, const VmmQmpAddr *addr, GError **error);
+/* Serves QMP on a listening socket handed over by socket activation. */
+VmmQmpServer *vmm_qmp_start_fd(Vmmd *d, int fd, GError **error);
 void vmm_qmp_stop(VmmQmpServer *s);
 /* The first client of a -qmp ...,wait=on socket connected. */
 void vmm_qmp_first_client(Vmmd *d);

@@ -236,5 +236,39 @@ case_no_leftovers() {
   return 0
 }
 
+case_systemd() {
+  # vmmd under a stand-in for systemd: QMP on the activated socket, READY=1
+  # once the helpers are up, WATCHDOG=1 while running, STOPPING=1 at quit.
+  "${SD_ACTIVATE:?}" --listen "$SOCK" --notify "$T/notify" --timeout 60 -- \
+      "$BIN/vmmd" -sandbox on >"$T/notes" 2>"$T/vmmd.log" &
+  local launcher=$!
+  wait_until "READY=1" grep -q "READY=1" "$T/notes"
+  status_is running || fail "not running after READY=1"
+  grep -q "STATUS=running, 4 helpers" "$T/notes" || fail "no STATUS: $(cat "$T/notes")"
+  wait_until "WATCHDOG=1" grep -q "WATCHDOG=1" "$T/notes"
+  mapfile -t HELPER_PIDS < <(q query-helpers | jq -r '.[].pid')
+  q quit >/dev/null
+  local rc=0
+  wait "$launcher" || rc=$?
+  [ $rc -eq 0 ] || fail "vmmd under sd-activate exited $rc"
+  grep -q "STOPPING=1" "$T/notes" || fail "no STOPPING=1"
+  for p in "${HELPER_PIDS[@]}"; do wait_exit "$p"; done
+}
+
+case_dump_seccomp() {
+  local out
+  out=$("$BIN/vmmd" -sandbox on,spawn=deny -dump-seccomp)
+  echo "$out" | grep -q "^process: vmmd" || fail "no vmmd section: $out"
+  echo "$out" | grep -q "^process: spawner" || fail "no spawner section"
+  # vmmd itself never forks once sandboxed; the spawner keeps spawn even under spawn=deny.
+  echo "$out" | awk '/^process: vmmd/{on=1} /^process: spawner/{on=0} on' | grep -qw execve && fail "vmmd may execve"
+  echo "$out" | awk '/^process: spawner/{on=1} on' | grep -qw execve || fail "the spawner may not execve"
+  "$BIN/blockd" --dump-seccomp --sandbox on,spawn=deny | grep -q "^policy: on,.*spawn=deny" || fail "blockd dump policy"
+  "$BIN/blockd" --dump-seccomp --sandbox on,spawn=deny | grep -qw execve && fail "blockd may execve"
+  "$BIN/vcpu-worker" --dump-seccomp --sandbox on | grep -qw ioctl || fail "vcpu-worker dump lacks ioctl"
+  "$BIN/vcpu-worker" --dump-seccomp --sandbox on | grep -qw openat && fail "vcpu-worker may open files"
+  return 0
+}
+
 "case_${1//-/_}"
 echo "PASS: vmmd $1"

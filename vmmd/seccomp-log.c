@@ -2,11 +2,14 @@
  * audit record "type=1326 ... pid=N ... sig=31 arch=c000003e syscall=41" to
  * the kernel log. The exit status only says SIGSYS, so vmmd reads that record
  * to name the forbidden call. /dev/kmsg is opened at start (before vmmd's own
- * sandbox) and positioned at its end, so only new records are read. */
+ * sandbox) and positioned at its end, so only new records are read. The kernel
+ * rate-limits these records (10 per 5 s when no audit daemon takes them): after
+ * a burst of kills the call may be unknown, and vmmd says so. */
 #include "vmmd/vmmd.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <seccomp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,10 @@ static long seccomp_record_syscall(const char *rec, int pid, guint32 *arch)
     return s ? strtol(s + 9, NULL, 10) : -1;
 }
 
+/* The audit record is printed by the kauditd thread, so it may reach the log
+ * a little after the process is gone: wait this long for it. */
+#define RECORD_WAIT_MS 300
+
 char *vmm_seccomp_log_lookup(int kmsg_fd, int pid)
 {
     if (kmsg_fd < 0)
@@ -43,16 +50,22 @@ char *vmm_seccomp_log_lookup(int kmsg_fd, int pid)
     char rec[8192];
     long found = -1;
     guint32 arch = 0;
-    for (;;) {
+    gint64 deadline = g_get_monotonic_time() + RECORD_WAIT_MS * 1000;
+    while (found < 0) {
         ssize_t n = read(kmsg_fd, rec, sizeof(rec) - 1);
         if (n < 0 && errno == EPIPE)
             continue; /* records were overwritten; go on with the next */
+        if (n < 0 && errno == EAGAIN) {
+            gint64 left_ms = (deadline - g_get_monotonic_time()) / 1000;
+            struct pollfd p = { .fd = kmsg_fd, .events = POLLIN };
+            if (left_ms <= 0 || poll(&p, 1, (int)left_ms) <= 0)
+                break;
+            continue;
+        }
         if (n <= 0)
             break;
         rec[n] = '\0';
-        long nr = seccomp_record_syscall(rec, pid, &arch);
-        if (nr >= 0)
-            found = nr;
+        found = seccomp_record_syscall(rec, pid, &arch);
     }
     if (found < 0)
         return NULL;

@@ -28,24 +28,18 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 q() { timeout 20 "$BIN/vmmctl" -s "$SOCK" --timeout 10 "$@"; }
 
-# wait_until DESCRIPTION COMMAND...: polls for up to 20 s.
-wait_until() {
-  local what=$1; shift
-  for _ in $(seq 200); do
+# poll_until TENTHS DESCRIPTION COMMAND...: runs COMMAND every 0.1 s until it
+# succeeds, at most TENTHS times.
+poll_until() {
+  local tries=$1 what=$2; shift 2
+  for _ in $(seq "$tries"); do
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
   fail "timed out waiting for: $what"
 }
-
-wait_until_long() {
-  local what=$1; shift
-  for _ in $(seq 300); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  fail "timed out waiting for: $what"
-}
+wait_until() { poll_until 200 "$@"; }
+wait_until_long() { poll_until 300 "$@"; }
 
 status_is() { [ "$(q query-status | jq -r .status)" = "$1" ]; }
 

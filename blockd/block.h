@@ -120,6 +120,11 @@ struct VmmBlockDriver {
     gboolean (*has_zero_init)(VmmBlockDev *bs);
     /* Changes the node's cache/lock permissions after open (reopen); may be NULL. */
     gboolean (*set_perm)(VmmBlockDev *bs, gboolean write, gboolean share_write, GError **error);
+    /* (added by the generic layer) VMM_BDRV_REQ_FUA if pwrite and
+     * pwrite_zeroes make FUA writes durable themselves; when 0 the generic
+     * layer passes no FUA down and flushes the node after the write instead.
+     * MAY_UNMAP and NO_FALLBACK always reach pwrite_zeroes. */
+    int supported_write_flags;
 };
 
 struct VmmBlockDev {
@@ -194,3 +199,37 @@ gboolean vmm_parse_prealloc(const char *s, VmmPrealloc *out, GError **error);
 const char *vmm_prealloc_name(VmmPrealloc p);
 /* Resolves a backing file name relative to the image that names it. */
 char *vmm_block_resolve_backing(const char *image_filename, const char *backing);
+
+/* ---- additions of the generic layer (block.c) ---- */
+
+/* Node permissions, QEMU's BLK_PERM_* bits (include/block/block-common.h).
+ * The file driver turns them into image locks that QEMU's own processes see:
+ * byte 100+N held while permission N is used, byte 200+N while it is not
+ * shared (see docs/block-layer.md). */
+enum {
+    VMM_BLK_PERM_CONSISTENT_READ = 0x01,
+    VMM_BLK_PERM_WRITE = 0x02,
+    VMM_BLK_PERM_WRITE_UNCHANGED = 0x04,
+    VMM_BLK_PERM_RESIZE = 0x08,
+    VMM_BLK_PERM_ALL = 0x0f,
+};
+/* What the node's parent (or user) asked of it: the permissions it uses and
+ * those it lets others use. Protocol drivers lock these at open and again in
+ * their set_perm. */
+void vmm_block_get_perm(VmmBlockDev *bs, guint *perm, guint *shared);
+/* TRUE when the node runs on a path (file, ...) and may grow by writes. */
+gboolean vmm_block_is_protocol(VmmBlockDev *bs);
+/* The node's format driver name ("qcow2"), or NULL. */
+const char *vmm_block_format_name(VmmBlockDev *bs);
+/* Human name of one VMM_BLK_PERM_* bit ("write"), as QEMU's messages spell it. */
+const char *vmm_block_perm_name(guint perm_bit);
+
+/* Testing: makes the file driver act as on a host without OFD locks (POSIX
+ * lock fallback and its warning). */
+void vmm_block_file_set_ofd_available(gboolean available);
+
+/* Option values that may arrive typed (JSON numbers/booleans, from a typed
+ * spec) or as text (json:, --image-opts): sizes accept suffixes ("64k").
+ * Absent keys give DEF; bad values are errors naming the key. */
+gboolean vmm_block_opt_size(JsonObject *opts, const char *key, guint64 def, guint64 *out, GError **error);
+gboolean vmm_block_opt_bool(JsonObject *opts, const char *key, gboolean def, gboolean *out, GError **error);

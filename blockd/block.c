@@ -4,6 +4,7 @@
  * caller goes through (bounds, read-only, O_DIRECT alignment, detect-zeroes,
  * FUA and writethrough). QEMU 7.2's block.c and block/io.c are the model. */
 #include "blockd/block.h"
+#include "blockd/nbd-uri.h"
 #include "common/error.h"
 #include "common/log.h"
 #include <errno.h>
@@ -21,6 +22,7 @@
 extern const VmmBlockDriver vmm_file_driver;
 extern const VmmBlockDriver vmm_raw_driver;
 extern const VmmBlockDriver vmm_preallocate_driver;
+extern const VmmBlockDriver vmm_nbd_driver;
 /* The qcow2 driver: registered when it is linked in. A weak reference alone
  * would never pull qcow2.o out of the static library, so once qcow2.h
  * exists the reference is a strong one. */
@@ -107,6 +109,7 @@ void vmm_block_init(void)
         vmm_block_register(&vmm_file_driver);
         vmm_block_register(&vmm_raw_driver);
         vmm_block_register(&vmm_preallocate_driver);
+        vmm_block_register(&vmm_nbd_driver);
         const VmmBlockDriver *qcow2 = QCOW2_DRIVER;
         if (qcow2)
             vmm_block_register(qcow2);
@@ -643,6 +646,9 @@ static void node_free(BlockNode *n)
  * protocol driver; anything else is a path for the file driver. */
 static const VmmBlockDriver *protocol_for(const char *filename)
 {
+    /* nbds:, nbd+unix:, nbd:unix: ... are all the nbd driver's. */
+    if (filename && vmm_nbd_is_filename(filename))
+        return &vmm_nbd_driver;
     if (filename && path_has_protocol(filename)) {
         g_autofree char *name = g_strndup(filename, strcspn(filename, ":+"));
         const VmmBlockDriver *drv = vmm_block_find_driver(name);
@@ -1028,7 +1034,9 @@ VmmBlockDev *vmm_block_open(const char *filename, const char *format, JsonObject
     } else {
         opts = deep_copy(options);
     }
-    if (!filename && !vmm_opts_has(opts, "filename") && !vmm_opts_has(opts, "file")) {
+    /* A protocol whose options name the server (nbd's server.*) needs no filename. */
+    if (!filename && !vmm_opts_has(opts, "filename") && !vmm_opts_has(opts, "file") &&
+        !vmm_opts_has(opts, "server")) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "No filename or file options given");
         return NULL;
     }

@@ -1,13 +1,22 @@
-/* blockd: images and the NBD server. For now it does the helper's part of the
- * foundation: handshake, sandbox, status. */
-#include "common/helper.h"
-#include "common/profiles.h"
+/* blockd: images and the NBD server. Started by vmmd with --control-fd it is a
+ * sandboxed helper; started by hand it serves one image like qemu-nbd. */
+#include "blockd/daemon.h"
+
+#include <glib.h>
+#include <string.h>
+
+static gboolean started_by_vmmd(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (g_str_has_prefix(argv[i], "--control-fd") || strcmp(argv[i], "--dump-seccomp") == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
 
 int main(int argc, char **argv)
 {
-    VmmHelperDesc desc = {
-        .role = "blockd",
-        .profile = vmm_profile_for("blockd"),
-    };
-    return vmm_helper_main(argc, argv, &desc);
+    if (started_by_vmmd(argc, argv))
+        return blockd_helper_main(argc, argv);
+    return blockd_standalone_main(argc, argv);
 }

@@ -609,13 +609,26 @@ static NbdExport *conn_find_export(NbdConn *conn, const char *name)
     return nbd_server_find_export(conn->server, name);
 }
 
-/* Under the server lock, as nbd_server_remove_export reads conn->exp. */
-static void conn_attach_export(NbdConn *conn, NbdExport *exp)
+typedef enum { ATTACH_OK, ATTACH_GONE, ATTACH_FULL } AttachResult;
+
+/* Makes EXP the connection's export before the client hears it is in
+ * transmission. Under the server lock, so that an export removed meanwhile
+ * is not attached (a hard removal scans conn->exp under the same lock and
+ * would miss us). */
+static AttachResult conn_attach_export(NbdConn *conn, NbdExport *exp)
 {
+    AttachResult r = ATTACH_OK;
     g_mutex_lock(&conn->server->lock);
-    conn->exp = exp;
-    conn->attached = TRUE;
+    if (g_hash_table_lookup(conn->server->exports, exp->name) != exp)
+        r = ATTACH_GONE;
+    else if (!export_attach(exp))
+        r = ATTACH_FULL;
+    if (r == ATTACH_OK) {
+        conn->exp = nbd_export_ref(exp);
+        conn->attached = TRUE;
+    }
     g_mutex_unlock(&conn->server->lock);
+    return r;
 }
 
 /* Reads a 32-bit length-prefixed string at *POS of DATA (LEN bytes). */
@@ -689,7 +702,11 @@ static NegResult handle_info_go(NbdConn *conn, guint32 option, const guint8 *dat
         return send_option_error(conn, option, NBD_REP_ERR_UNKNOWN, "export '%s' not available", name)
                    ? NEG_CONTINUE : NEG_CLOSE;
     gboolean go = option == NBD_OPT_GO;
-    if (go && !export_attach(exp))
+    AttachResult attach = go ? conn_attach_export(conn, exp) : ATTACH_OK;
+    if (attach == ATTACH_GONE)
+        return send_option_error(conn, option, NBD_REP_ERR_UNKNOWN, "export '%s' not available", name)
+                   ? NEG_CONTINUE : NEG_CLOSE;
+    if (attach == ATTACH_FULL)
         return send_option_error(conn, option, NBD_REP_ERR_POLICY,
                                  "export '%s': connection limit (shared=%u) reached", name, exp->shared)
                    ? NEG_CONTINUE : NEG_CLOSE;
@@ -701,7 +718,6 @@ static NegResult handle_info_go(NbdConn *conn, guint32 option, const guint8 *dat
                   send_option_reply(conn, option, NBD_REP_ACK, NULL, 0);
     if (!go)
         return ok ? NEG_CONTINUE : NEG_CLOSE;
-    conn_attach_export(conn, g_steal_pointer(&exp));
     return ok ? NEG_TRANSMISSION : NEG_CLOSE;
 }
 
@@ -713,15 +729,15 @@ static NegResult handle_export_name(NbdConn *conn, const guint8 *data, guint32 l
         vmm_info("%s: export '%s' not available (NBD_OPT_EXPORT_NAME), disconnecting", conn->label, name);
         return NEG_CLOSE;
     }
-    if (!export_attach(exp)) {
-        vmm_info("%s: export '%s': connection limit (shared=%u) reached, disconnecting", conn->label, name,
-                 exp->shared);
+    AttachResult attach = conn_attach_export(conn, exp);
+    if (attach != ATTACH_OK) {
+        vmm_info("%s: export '%s': %s, disconnecting", conn->label, name,
+                 attach == ATTACH_GONE ? "removed" : "connection limit reached");
         return NEG_CLOSE;
     }
     guint8 buf[10 + 124] = { 0 };
     put_be64(buf, vmm_block_size(exp->bs));
     put_be16(buf + 8, export_transmission_flags(exp, conn->structured));
-    conn_attach_export(conn, g_steal_pointer(&exp));
     return conn_send_buf(conn, buf, conn->no_zeroes ? 10 : sizeof(buf)) ? NEG_TRANSMISSION : NEG_CLOSE;
 }
 

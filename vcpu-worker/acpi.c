@@ -259,8 +259,8 @@ static void madt_entry(GByteArray *t, guint8 type, guint8 len)
     put_le(t, len, 1);
 }
 
-/* One local APIC per vCPU (ACPI id = APIC id = index), the IOAPIC, the PIT's
- * IRQ 0 routed to GSI 2 as on every PC, and LINT1 as NMI on all CPUs. */
+/* One local APIC per vCPU (ACPI id = APIC id = index), the IOAPIC, the
+ * optional IRQ 0 override, and LINT1 as NMI on all CPUs, as microvm's. */
 static GByteArray *build_madt(const VmmGuestConfig *cfg)
 {
     GByteArray *t = table_new("APIC", MADT_REVISION);
@@ -277,11 +277,13 @@ static GByteArray *build_madt(const VmmGuestConfig *cfg)
     put_le(t, 0, 1);
     put_le(t, VMM_IOAPIC_ADDR, 4);
     put_le(t, 0, 4);                /* GSI base */
-    madt_entry(t, MADT_INT_OVERRIDE, 10);
-    put_le(t, 0, 1);                /* bus: ISA */
-    put_le(t, 0, 1);                /* source IRQ */
-    put_le(t, 2, 4);                /* GSI */
-    put_le(t, 0, 2);                /* flags: conforming polarity and trigger */
+    if (cfg->irq0_to_gsi2) {
+        madt_entry(t, MADT_INT_OVERRIDE, 10);
+        put_le(t, 0, 1);            /* bus: ISA */
+        put_le(t, 0, 1);            /* source IRQ */
+        put_le(t, 2, 4);            /* GSI */
+        put_le(t, 0, 2);            /* flags: conforming polarity and trigger */
+    }
     madt_entry(t, MADT_LOCAL_APIC_NMI, 6);
     put_le(t, MADT_ALL_CPUS, 1);
     put_le(t, 0, 2);

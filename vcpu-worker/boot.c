@@ -236,7 +236,7 @@ static gboolean check_kernel_range(guint64 start, guint64 len, gsize ram_size, c
     guint64 low = vmm_guest_low_ram_size(ram_size);
     if (start < VMM_KERNEL_MIN_ADDR || start > low || len > low - start)
         return boot_fail(error, VMM_ERROR_TOO_BIG,
-                         "kernel image: %s needs guest memory 0x%" G_GINT64_MODIFIER "x..0x%"
+                         "kernel image: %s: needs guest memory 0x%" G_GINT64_MODIFIER "x..0x%"
                          G_GINT64_MODIFIER "x, but low RAM is 0x%llx..0x%" G_GINT64_MODIFIER "x",
                          what, start, start + len, VMM_KERNEL_MIN_ADDR, low);
     return TRUE;
@@ -506,7 +506,7 @@ gboolean vmm_boot_load_pvh(const VmmGuestConfig *cfg, const VmmBootImages *img,
     memset(out, 0, sizeof(*out));
     if (!check_ram(cfg, ram_size, error) || !parse_elf(img->kernel, img->kernel_size, &ek, error))
         return FALSE;
-    if (!check_kernel_range(ek.start, ek.end - ek.start, ram_size, "its ELF segments", error))
+    if (!check_kernel_range(ek.start, ek.end - ek.start, ram_size, "ELF segments", error))
         return FALSE;
     if (!place_cmdline(ram, img->cmdline, VMM_CMDLINE_MAX - 1, &out->cmdline_addr, error))
         return FALSE;

@@ -77,6 +77,10 @@ typedef struct {
     guint n_virtio;
     const VmmSerialPort *serial;
     guint n_serial;
+    /* MADT override "ISA IRQ 0 is GSI 2", for GSI routing that wires the PIT
+     * to IOAPIC pin 2 as QEMU's pc does; off as on microvm, where KVM's
+     * default routing keeps IRQ 0 on pin 0. */
+    gboolean irq0_to_gsi2;
 } VmmGuestConfig;
 
 /* Checks what the layout can hold: RAM size, vCPU count, device windows and

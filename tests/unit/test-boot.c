@@ -115,6 +115,16 @@ static void assert_segment_flat(const VmmSegment *s, guint16 sel)
     g_assert_cmpuint(s->unusable, ==, 0);
 }
 
+static void assert_segment_equal(const VmmSegment *a, const VmmSegment *b)
+{
+    g_assert_cmphex(a->base, ==, b->base);
+    g_assert_cmphex(a->limit, ==, b->limit);
+    g_assert_cmphex(a->selector, ==, b->selector);
+    guint8 fa[] = { a->type, a->present, a->dpl, a->db, a->s, a->l, a->g, a->avl, a->unusable };
+    guint8 fb[] = { b->type, b->present, b->dpl, b->db, b->s, b->l, b->g, b->avl, b->unusable };
+    g_assert_cmpmem(fa, sizeof(fa), fb, sizeof(fb));
+}
+
 /* The GDT in RAM agrees with the hidden segment state handed to KVM. */
 static void assert_gdt_matches(const guint8 *ram, const VmmBootCpuState *cpu)
 {
@@ -124,7 +134,7 @@ static void assert_gdt_matches(const guint8 *ram, const VmmBootCpuState *cpu)
     for (guint i = 0; i < G_N_ELEMENTS(segs); i++) {
         guint64 e = vmm_get_le64(ram + VMM_GDT_ADDR + segs[i]->selector);
         VmmSegment d = vmm_segment_from_gdt(e, segs[i]->selector);
-        g_assert_cmpmem(&d, sizeof(d), segs[i], sizeof(d));
+        assert_segment_equal(&d, segs[i]);
     }
     g_assert_cmphex(vmm_get_le64(ram + VMM_GDT_ADDR), ==, 0);
 }

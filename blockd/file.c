@@ -753,6 +753,10 @@ static gboolean truncate_regular(int fd, const char *filename, guint64 size, Vmm
             int ret = posix_fallocate(fd, (off_t)current, (off_t)(size - current));
             if (ret)
                 return vmm_set_errno(error, ret, "%s: Could not preallocate new data", filename);
+            /* Reads of fallocated blocks succeed at any alignment, which
+             * would fool O_DIRECT alignment probing: as QEMU, write block 0. */
+            if (current == 0)
+                allocate_first_block(fd, size);
         }
         return TRUE;
     case VMM_PREALLOC_FULL: {

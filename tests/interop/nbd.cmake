@@ -1,0 +1,9 @@
+# The NBD server engine (blockd/nbd-server.c) against real clients. Included
+# from tests/interop/CMakeLists.txt (after vmm_interop_test is defined).
+add_executable(nbd-test-server ${CMAKE_CURRENT_LIST_DIR}/nbd-test-server.c)
+set_target_properties(nbd-test-server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests/interop)
+target_link_libraries(nbd-test-server PRIVATE vmmblock vmmcommon)
+if(COMMAND vmm_interop_test)
+  vmm_interop_test(nbd-server ${CMAKE_CURRENT_LIST_DIR}/test-nbd-server.sh TIMEOUT 600
+    ENV "NBD_TEST_SERVER=${CMAKE_BINARY_DIR}/tests/interop/nbd-test-server")
+endif()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# blockd standalone (qemu-nbd's options) against the real NBD clients:
+# nbdinfo, nbdcopy, qemu-io and qemu-img.
+set -euo pipefail
+BIN=${VMM_BIN_DIR:?}
+for t in nbdinfo nbdcopy qemu-img qemu-io; do
+  command -v $t >/dev/null || { echo "SKIP: $t not installed"; exit 77; }
+done
+[ -x "$BIN/blockd" ] || { echo "SKIP: blockd not built"; exit 77; }
+T=$(mktemp -d /tmp/blockd-cli.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$T"/*.log; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done; exit 1; }
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; fail "no socket $1"; }
+wait_gone() { for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; fail "pid $1 still running"; }
+uri() { echo "nbd+unix:///${2:-}?socket=$1"; }
+
+# A raw and a qcow2 image with a known pattern (made by qemu-img / qemu-io).
+qemu-img create -q -f raw "$T/a.raw" 64M
+qemu-io -f raw -c "write -P 0x5a 1M 3M" -c "write -P 0xa5 40M 1M" "$T/a.raw" >/dev/null
+qemu-img convert -f raw -O qcow2 "$T/a.raw" "$T/a.qcow2"
+cp "$T/a.raw" "$T/orig.raw"
+
+# 1. Unix socket, raw, default export: nbdinfo sees size and flags; nbdcopy reads it back.
+"$BIN/blockd" -k "$T/s1" -f raw -t "$T/a.raw" 2>"$T/b1.log" & PIDS+=($!)
+wait_sock "$T/s1"
+nbdinfo --json "$(uri "$T/s1")" >"$T/info.json" || fail "nbdinfo"
+jq -e '.exports[0]["export-size"] == 67108864 and .exports[0]["is_read_only"] == false and
+       .exports[0]["can_flush"] == true and .exports[0]["can_zero"] == true' "$T/info.json" >/dev/null \
+  || fail "nbdinfo fields: $(cat "$T/info.json")"
+nbdcopy "$(uri "$T/s1")" "$T/out.raw" || fail "nbdcopy from blockd"
+cmp "$T/a.raw" "$T/out.raw" || fail "nbdcopy content differs"
+# block status: the holes of the raw image are reported as holes.
+nbdinfo --map "$(uri "$T/s1")" | grep -q "hole" || fail "no holes in --map"
+# writes through qemu-io, read back by qemu-img compare against an expected copy
+qemu-io -f raw -c "write -P 0x33 8M 64k" "$(uri "$T/s1")" >/dev/null || fail "qemu-io write"
+cp "$T/out.raw" "$T/expect.raw"
+qemu-io -f raw -c "write -P 0x33 8M 64k" "$T/expect.raw" >/dev/null
+qemu-img compare -f raw -F raw "$(uri "$T/s1")" "$T/expect.raw" >/dev/null || fail "qemu-img compare after write"
+kill -TERM "${PIDS[-1]}"; wait_gone "${PIDS[-1]}"
+
+# 2. qcow2 over TCP on loopback, read-only, named export: writes refused.
+port=$((20000 + RANDOM % 20000))
+"$BIN/blockd" -b 127.0.0.1 -p "$port" -x disk -D "test disk" -r -t "$T/a.qcow2" 2>"$T/b2.log" & PIDS+=($!)
+for _ in $(seq 100); do nbdinfo --list "nbd://127.0.0.1:$port/" >"$T/list" 2>/dev/null && break; sleep 0.1; done
+grep -q "export=\"\?disk" "$T/list" || grep -q "disk" "$T/list" || fail "--list: $(cat "$T/list")"
+grep -q "test disk" "$T/list" || fail "description not listed"
+nbdinfo --json "nbd://127.0.0.1:$port/disk" | jq -e '.exports[0].is_read_only == true' >/dev/null || fail "not read-only"
+if qemu-io -f raw -c "write 0 4k" "nbd://127.0.0.1:$port/disk" >"$T/w.out" 2>&1 && ! grep -qi "denied\|read-only\|not permitted\|error" "$T/w.out"; then
+  fail "write to a read-only export succeeded: $(cat "$T/w.out")"
+fi
+qemu-img compare -f raw -F raw "nbd://127.0.0.1:$port/disk" "$T/orig.raw" >/dev/null || fail "qcow2 export content"
+kill -TERM "${PIDS[-1]}"; wait_gone "${PIDS[-1]}"
+
+# 3. Without --persistent blockd exits after its last client.
+"$BIN/blockd" -k "$T/s3" -f raw "$T/a.raw" 2>"$T/b3.log" & pid=$!; PIDS+=($pid)
+wait_sock "$T/s3"
+nbdinfo "$(uri "$T/s3")" >/dev/null || fail "nbdinfo on s3"
+wait_gone "$pid"
+
+# 4. --fork and --pid-file: the parent returns once the child listens.
+"$BIN/blockd" --fork --pid-file "$T/pid" -k "$T/s4" -f raw -t "$T/a.raw" 2>"$T/b4.log" || fail "--fork"
+pid=$(cat "$T/pid"); PIDS+=($pid)
+[ -S "$T/s4" ] || fail "not listening when --fork returned"
+nbdinfo "$(uri "$T/s4")" >/dev/null || fail "nbdinfo on forked blockd"
+kill -TERM "$pid"; wait_gone "$pid"
+
+# 5. Bad input: clear errors, non-zero exit.
+if "$BIN/blockd" -k "$T/s5" -f qcow2 "$T/a.raw" 2>"$T/e.log"; then fail "raw opened as qcow2"; fi
+grep -q "a.raw" "$T/e.log" || fail "error does not name the file: $(cat "$T/e.log")"
+if "$BIN/blockd" -k "$T/s5" "$T/missing.img" 2>"$T/e.log"; then fail "missing file served"; fi
+grep -q "missing.img" "$T/e.log" || fail "error does not name the missing file"
+if "$BIN/blockd" -k "$T/s5" -p 1 "$T/a.raw" 2>"$T/e.log"; then fail "--socket with --port accepted"; fi
+echo "PASS: blockd standalone"

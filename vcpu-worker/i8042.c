@@ -46,7 +46,7 @@ void vmm_i8042_free(VmmI8042 *dev)
 }
 
 /* Called with the lock held. */
-static void update_irq(VmmI8042 *dev)
+static void i8042_update_irq(VmmI8042 *dev)
 {
     bool kbd = false, aux = false;
     if (dev->count > 0) {
@@ -66,7 +66,7 @@ static void update_irq(VmmI8042 *dev)
     }
 }
 
-static void queue_byte(VmmI8042 *dev, uint8_t byte, bool aux)
+static void i8042_queue_byte(VmmI8042 *dev, uint8_t byte, bool aux)
 {
     if (dev->count >= I8042_QUEUE_SIZE)
         return;    /* a real controller would lose it too */
@@ -74,7 +74,7 @@ static void queue_byte(VmmI8042 *dev, uint8_t byte, bool aux)
     dev->count++;
 }
 
-static uint8_t status(const VmmI8042 *dev)
+static uint8_t i8042_status(const VmmI8042 *dev)
 {
     uint8_t st = I8042_STR_KEYLOCK;
     if (dev->ctr & I8042_CTR_SYSFLAG)
@@ -90,10 +90,10 @@ static uint8_t status(const VmmI8042 *dev)
 }
 
 /* Returns whether the CPU reset line was pulsed. */
-static bool command(VmmI8042 *dev, uint8_t cmd)
+static bool i8042_command(VmmI8042 *dev, uint8_t cmd)
 {
     switch (cmd) {
-    case I8042_CMD_CTL_RCTR: queue_byte(dev, dev->ctr, false); break;
+    case I8042_CMD_CTL_RCTR: i8042_queue_byte(dev, dev->ctr, false); break;
     case I8042_CMD_CTL_WCTR:
     case I8042_CMD_WRITE_OUTPUT:
     case I8042_CMD_KBD_LOOP:
@@ -107,13 +107,13 @@ static bool command(VmmI8042 *dev, uint8_t cmd)
     case I8042_CMD_KBD_ENABLE: dev->ctr &= ~I8042_CTR_KBDDIS; break;
     case I8042_CMD_AUX_TEST:
     case I8042_CMD_KBD_TEST:
-        queue_byte(dev, 0x00, false);    /* no fault on the line */
+        i8042_queue_byte(dev, 0x00, false);    /* no fault on the line */
         break;
     case I8042_CMD_CTL_TEST:
         dev->ctr |= I8042_CTR_SYSFLAG;
-        queue_byte(dev, 0x55, false);
+        i8042_queue_byte(dev, 0x55, false);
         break;
-    case I8042_CMD_READ_OUTPUT: queue_byte(dev, dev->output_port, false); break;
+    case I8042_CMD_READ_OUTPUT: i8042_queue_byte(dev, dev->output_port, false); break;
     default:
         /* 0xf0-0xff pulse the output lines whose bits are 0; bit 0 is reset. */
         if (cmd >= 0xf0 && !(cmd & I8042_OUT_RESET))
@@ -124,19 +124,19 @@ static bool command(VmmI8042 *dev, uint8_t cmd)
 }
 
 /* A byte for the keyboard itself: it acknowledges everything. */
-static void keyboard_command(VmmI8042 *dev, uint8_t byte)
+static void i8042_keyboard_command(VmmI8042 *dev, uint8_t byte)
 {
-    queue_byte(dev, 0xfa, false);
+    i8042_queue_byte(dev, 0xfa, false);
     if (byte == 0xff) {
-        queue_byte(dev, 0xaa, false);          /* self-test passed */
+        i8042_queue_byte(dev, 0xaa, false);          /* self-test passed */
     } else if (byte == 0xf2) {
-        queue_byte(dev, 0xab, false);          /* MF2 keyboard id */
-        queue_byte(dev, 0x83, false);
+        i8042_queue_byte(dev, 0xab, false);          /* MF2 keyboard id */
+        i8042_queue_byte(dev, 0x83, false);
     }
 }
 
 /* Returns whether the CPU reset line was pulled. */
-static bool data(VmmI8042 *dev, uint8_t byte)
+static bool i8042_data(VmmI8042 *dev, uint8_t byte)
 {
     uint8_t cmd = dev->pending_cmd;
     dev->pending_cmd = 0;
@@ -145,11 +145,11 @@ static bool data(VmmI8042 *dev, uint8_t byte)
     case I8042_CMD_WRITE_OUTPUT:
         dev->output_port = byte;
         return !(byte & I8042_OUT_RESET);
-    case I8042_CMD_KBD_LOOP: queue_byte(dev, byte, false); break;
-    case I8042_CMD_AUX_LOOP: queue_byte(dev, byte, true); break;
+    case I8042_CMD_KBD_LOOP: i8042_queue_byte(dev, byte, false); break;
+    case I8042_CMD_AUX_LOOP: i8042_queue_byte(dev, byte, true); break;
     case I8042_CMD_AUX_SEND:
         break;     /* no mouse: the byte goes nowhere and times out */
-    default: keyboard_command(dev, byte); break;
+    default: i8042_keyboard_command(dev, byte); break;
     }
     return false;
 }
@@ -161,14 +161,14 @@ void vmm_i8042_write(VmmI8042 *dev, uint16_t port, uint8_t value)
     g_mutex_lock(&dev->lock);
     if (port == VMM_I8042_COMMAND_PORT) {
         dev->last_was_command = true;
-        reset = command(dev, value);
+        reset = i8042_command(dev, value);
     } else if (port == VMM_I8042_DATA_PORT) {
         dev->last_was_command = false;
-        reset = data(dev, value);
+        reset = i8042_data(dev, value);
         if (reset)
             dev->output_port |= I8042_OUT_RESET;   /* the pulse is over */
     }
-    update_irq(dev);
+    i8042_update_irq(dev);
     VmmI8042Host host = dev->host;
     g_mutex_unlock(&dev->lock);
 
@@ -182,7 +182,7 @@ uint8_t vmm_i8042_read(VmmI8042 *dev, uint16_t port)
 
     g_mutex_lock(&dev->lock);
     if (port == VMM_I8042_COMMAND_PORT) {
-        value = status(dev);
+        value = i8042_status(dev);
     } else if (port == VMM_I8042_DATA_PORT) {
         if (dev->count > 0) {
             value = dev->queue[dev->head].byte;
@@ -191,7 +191,7 @@ uint8_t vmm_i8042_read(VmmI8042 *dev, uint16_t port)
         } else {
             value = 0;
         }
-        update_irq(dev);
+        i8042_update_irq(dev);
     }
     g_mutex_unlock(&dev->lock);
     return value;

@@ -273,8 +273,10 @@ uint8_t vmm_serial_read(VmmSerial *s, unsigned offset)
             value = s->dll;
         } else {
             value = rx_pop(s);
-            notify_rx = s->rx_was_full;
-            s->rx_was_full = false;
+            /* In loopback the line input stays refused: tell it on leaving. */
+            notify_rx = s->rx_was_full && !(s->mcr & UART_MCR_LOOP);
+            if (notify_rx)
+                s->rx_was_full = false;
         }
         break;
     case UART_IER: value = dlab ? s->dlm : s->ier; break;

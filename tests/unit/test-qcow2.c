@@ -397,15 +397,37 @@ static void make_qemu_image(const InteropCase *c, const char *img, guint32 seed)
     }
 }
 
+/* QCOW2_HEAVY=1 (tests/interop/test-qcow2-qemu.sh): bigger images, more
+ * requests, more seeds. */
+static gboolean heavy(void)
+{
+    return g_getenv("QCOW2_HEAVY") != NULL;
+}
+
+static void interop_once(const InteropCase *c, guint32 seed);
+
 static void test_interop(gconstpointer data)
 {
     const InteropCase *c = data;
     NEED_QEMU();
+    int seeds = heavy() ? 4 : 1;
+    for (int i = 0; i < seeds; i++) {
+        InteropCase big = *c;
+        if (heavy())
+            big.size *= 4;
+        interop_once(&big, 1234 + (guint32)i * 101);
+    }
+}
+
+static void interop_once(const InteropCase *c, guint32 seed)
+{
     g_autofree char *img = g_strdup_printf("%s/io-%s.qcow2", tmpdir, c->name);
     g_autofree char *ref = g_strdup_printf("%s.ref", img);
     g_autoptr(GError) err = NULL;
+    int nio = heavy() ? 400 : 60;
 
-    make_qemu_image(c, img, 1234);
+    run(NULL, "rm -f %s*", img);
+    make_qemu_image(c, img, seed);
     g_assert_cmpint(run(NULL, "qemu-img convert -O raw %s %s", img, ref), ==, 0);
     g_autofree guint8 *shadow = read_file_exact(ref, c->size);
 
@@ -417,7 +439,7 @@ static void test_interop(gconstpointer data)
 
     /* Write: qemu-img check stays clean and compare agrees. */
     bs = open_q(img, VMM_BDRV_O_RDWR, NULL);
-    our_random_io(bs, shadow, c->size, 99, 60);
+    our_random_io(bs, shadow, c->size, seed + 99, nio);
     assert_reads(bs, shadow, c->size);
     if (c->snapshot) {
         g_autoptr(GPtrArray) list = bs->drv->snapshot_list(bs, &err);
@@ -1239,6 +1261,36 @@ static void test_small_caches(void)
     vmm_block_unref(bs);
 }
 
+/* External data files we create: qemu-img agrees; a raw one stays the image. */
+static void test_data_file_ours(gconstpointer data)
+{
+    gboolean raw = GPOINTER_TO_INT(data);
+    NEED_QEMU();
+    g_autofree char *img = tpath(raw ? "df-raw.qcow2" : "df.qcow2");
+    g_autofree char *dfile = g_strdup_printf("%s.data", img);
+    guint64 size = 8 << 20;
+    g_autofree guint8 *shadow = g_malloc0(size);
+    g_autofree char *kv = g_strdup_printf("size=8388608,data_file=%s%s", dfile, raw ? ",data_file_raw=on" : "");
+
+    create_ours(img, kv);
+    VmmBlockDev *bs = open_q(img, VMM_BDRV_O_RDWR, NULL);
+    our_random_io(bs, shadow, size, 51, 80);
+    assert_reads(bs, shadow, size);
+    g_autoptr(GError) err = NULL;
+    g_assert_false(vmm_block_pwrite_compressed(bs, 0, 65536, shadow, &err));
+    g_clear_error(&err);
+    VmmSnapshotInfo sn = { .name = "x", .icount = (guint64)-1 };
+    g_assert_false(bs->drv->snapshot_create(bs, &sn, &err));
+    g_clear_error(&err);
+    vmm_block_unref(bs);
+    assert_qemu_check_clean(img);
+    assert_qemu_compare(img, shadow, size);
+    if (raw) {
+        g_autofree guint8 *d = read_file_exact(dfile, size);
+        g_assert_true(memcmp(d, shadow, size) == 0);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1279,6 +1331,8 @@ int main(int argc, char **argv)
     g_test_add_data_func("/qcow2/crash/extl2", "size=16777216,extended_l2=on", test_crash);
     g_test_add_func("/qcow2/amend", test_amend);
     g_test_add_func("/qcow2/small-caches", test_small_caches);
+    g_test_add_data_func("/qcow2/data-file/plain", GINT_TO_POINTER(0), test_data_file_ours);
+    g_test_add_data_func("/qcow2/data-file/raw", GINT_TO_POINTER(1), test_data_file_ours);
     g_test_add_data_func("/qcow2/resize/off", "off", test_resize);
     g_test_add_data_func("/qcow2/resize/metadata", "metadata", test_resize);
     g_test_add_data_func("/qcow2/resize/falloc", "falloc", test_resize);

@@ -491,9 +491,8 @@ static void test_too_many_pieces(void)
 {
     Fixture f;
     fixture_init(&f, 8, false, true);
-    /* 1024 entries, each split in two by a region boundary... is not possible
-     * with one seam; instead fill the limit exactly, then overflow it with a
-     * second-level chain through the direct table. */
+    /* An indirect table of exactly the limit is fine; one direct piece in
+     * front of the same table goes over it. */
     unsigned n = VMM_VQ_MAX_IOV;
     uint64_t table = td_alloc(&f.td, 16 * n);
     uint64_t data = td_alloc(&f.td, 8);

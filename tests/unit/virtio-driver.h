@@ -262,6 +262,7 @@ static G_GNUC_UNUSED bool td_get_used(TestDriver *td, unsigned qi, uint32_t *id,
 {
     TdQueue *q = &td->q[qi];
     uint16_t used_idx = td_get16(td, q->used + 2);
+    *id = *len = 0;
     if (used_idx == q->last_used)
         return false;
     uint64_t e = q->used + 4 + 8 * (uint64_t)(q->last_used % q->num);

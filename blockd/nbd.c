@@ -360,7 +360,7 @@ static gboolean simple_option(NbdConn *conn, guint32 opt, gboolean *supported, G
     if (!send_option(conn, opt, NULL, 0, error) || !read_option_reply(conn, opt, &r, error)) {
         return FALSE;
     }
-    g_autofree guint8 *data = r.data;
+    g_autofree guint8 *data G_GNUC_UNUSED = r.data; /* frees the payload */
     if (r.type == NBD_REP_ACK) {
         *supported = TRUE;
         return TRUE;
@@ -492,7 +492,7 @@ static gboolean negotiate_go(NbdConn *conn, const VmmNbdTarget *t, NbdExport *e,
         if (!read_option_reply(conn, NBD_OPT_GO, &r, error)) {
             return FALSE;
         }
-        g_autofree guint8 *data = r.data;
+        g_autofree guint8 *data G_GNUC_UNUSED = r.data; /* frees the payload */
         if (r.type == NBD_REP_ACK) {
             if (!got_export) {
                 g_set_error(error, VMM_ERROR, VMM_ERROR_PROTOCOL,

@@ -415,7 +415,7 @@ int img_convert(int argc, char **argv)
         g_free(a.options);
         return rc;
     }
-    g_autofree char *options_owned = a.options;
+    g_autofree char *options_owned G_GNUC_UNUSED = a.options; /* frees -o at return */
 
     if (a.options && vmm_opts_wants_help(a.options)) {
         const VmmBlockDriver *drv = vmm_block_find_driver(a.out_fmt);

@@ -63,7 +63,7 @@ static const ImgCommand commands[] = {
 
 /* ---------------------------------------------------------------- messages */
 
-static void vreport(const char *prefix, const char *fmt, va_list ap)
+static G_GNUC_PRINTF(2, 0) void vreport(const char *prefix, const char *fmt, va_list ap)
 {
     fflush(stdout);
     fprintf(stderr, "vmm-img: %s", prefix);

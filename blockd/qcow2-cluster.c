@@ -355,6 +355,8 @@ static gboolean read_backing(Qcow2State *s, guint64 offset, guint64 n, guint8 *b
     return TRUE;
 }
 
+static gboolean maybe_clean_caches(Qcow2State *s);
+
 gboolean q2_preadv(Qcow2State *s, guint64 offset, guint64 bytes, guint8 *buf, GError **error)
 {
     while (bytes) {
@@ -363,6 +365,7 @@ gboolean q2_preadv(Qcow2State *s, guint64 offset, guint64 bytes, guint8 *buf, GE
         gboolean ok;
 
         g_mutex_lock(&s->lock);
+        maybe_clean_caches(s);
         ok = q2_get_host_offset(s, offset, &n, &host, &type, &entry, error);
         g_mutex_unlock(&s->lock);
         if (!ok)

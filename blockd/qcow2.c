@@ -62,7 +62,8 @@ static const VmmOptKey qcow2_create_opts[] = {
     { "extended_l2", VMM_OPT_BOOL, "Extended L2 tables", "off" },
     { "data_file", VMM_OPT_STRING, "File name of an external data file", NULL },
     { "data_file_raw", VMM_OPT_BOOL, "The external data file must stay valid as a raw image", "off" },
-    { "nocow", VMM_OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)", "off" },
+    /* nocow and extent_size_hint belong to the file protocol (QEMU lists them
+     * there too); create passes nocow on to an external data file. */
     { NULL, 0, NULL, NULL },
 };
 
@@ -127,14 +128,10 @@ gboolean q2_file_pread(Qcow2State *s, guint64 off, guint64 len, void *buf, const
     guint64 end = file_end(s);
 
     if (off >= end || off + len < off) {
-        /* Perhaps written since the size was read. */
-        end = file_end(s);
-        if (off >= end || off + len < off) {
-            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
-                        "%s: %s at offset 0x%" G_GINT64_MODIFIER "x is past the end of the file "
-                        "(0x%" G_GINT64_MODIFIER "x)", s->bs->filename, what, off, end);
-            return FALSE;
-        }
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "%s: %s at offset 0x%" G_GINT64_MODIFIER "x is past the end of the file "
+                    "(0x%" G_GINT64_MODIFIER "x)", s->bs->filename, what, off, end);
+        return FALSE;
     }
     if (off + len > end) {
         /* A table that ends in a short last cluster reads zeroes past EOF. */
@@ -1291,10 +1288,13 @@ static gboolean parse_create_opts(const char *fn, JsonObject *o, CreateOpts *c, 
                     "be used at the same time if extended_l2 is on", fn);
         return FALSE;
     }
-    if (c->size & 511) {
-        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: image size must be a multiple of 512 bytes", fn);
+    /* qemu-img create rounds the size up to whole sectors before the driver
+     * sees it ("1000" makes a 1024-byte disk). */
+    if (c->size > G_MAXUINT64 - 511) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_TOO_BIG, "%s: image size too large", fn);
         return FALSE;
     }
+    c->size = (c->size + 511) & ~511ull;
     return TRUE;
 }
 

@@ -226,8 +226,6 @@ static void test_create_identical(gconstpointer data)
     const char *kv = data;
     NEED_QEMU();
     g_autofree char *ours = tpath("create-ours.qcow2");
-    g_autofree char *theirs = tpath("create-qemu.qcow2");
-    g_autofree char *base = tpath("base.img");
     g_autoptr(GString) qopts = g_string_new(NULL);
     g_auto(GStrv) parts = g_strsplit(kv, ",", -1);
     g_autofree char *size = NULL;

@@ -1635,3 +1635,17 @@ gboolean vmm_block_truncate(VmmBlockDev *bs, guint64 size, gboolean exact, VmmPr
         return unsupported(bs, "resizing", error);
     return bs->drv->truncate(bs, size, exact, prealloc, shrink_allowed, error);
 }
+
+gboolean vmm_block_make_empty(VmmBlockDev *bs, GError **error)
+{
+    if (bs->read_only) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_PERMISSION, "%s: cannot empty a read-only node", bs->filename);
+        return FALSE;
+    }
+    if (!bs->drv->make_empty) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED, "%s: format %s cannot be emptied", bs->filename,
+                    bs->drv->format_name);
+        return FALSE;
+    }
+    return bs->drv->make_empty(bs, error) && vmm_block_flush(bs, error);
+}

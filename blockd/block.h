@@ -118,6 +118,9 @@ struct VmmBlockDriver {
                                     const char *backing_fmt, GError **error);
     /* TRUE if a freshly created image reads as zeroes (qemu-img convert -n). */
     gboolean (*has_zero_init)(VmmBlockDev *bs);
+    /* Drops every cluster this layer allocates, so that it reads through to
+     * its backing chain again (qemu-img commit); NULL: cannot. */
+    gboolean (*make_empty)(VmmBlockDev *bs, GError **error);
     /* Changes the node's cache/lock permissions after open (reopen); may be NULL. */
     gboolean (*set_perm)(VmmBlockDev *bs, gboolean write, gboolean share_write, GError **error);
     /* (added by the generic layer) VMM_BDRV_REQ_FUA if pwrite and
@@ -192,6 +195,9 @@ int vmm_block_status_above(VmmBlockDev *bs, VmmBlockDev *base, guint64 offset, g
 gboolean vmm_block_truncate(VmmBlockDev *bs, guint64 size, gboolean exact, VmmPrealloc prealloc,
                             gboolean shrink_allowed, GError **error);
 guint64 vmm_block_size(VmmBlockDev *bs);
+/* The driver's make_empty, then a flush; an error names the node if the
+ * format cannot do it. */
+gboolean vmm_block_make_empty(VmmBlockDev *bs, GError **error);
 
 /* ---- helpers for drivers ---- */
 gboolean vmm_buffer_is_zero(const void *buf, gsize len);

@@ -1044,6 +1044,14 @@ static gboolean qcow2_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, G
     return check_writable(s, error) && q2_pdiscard(s, offset, bytes, FALSE, error);
 }
 
+/* Full discard: the L2 entries go, so the clusters read from the backing
+ * chain again (QEMU's qcow2_make_empty). */
+static gboolean qcow2_make_empty(VmmBlockDev *bs, GError **error)
+{
+    Qcow2State *s = bs->opaque;
+    return check_writable(s, error) && q2_pdiscard(s, 0, bs->size, TRUE, error);
+}
+
 static gboolean qcow2_flush(VmmBlockDev *bs, GError **error)
 {
     Qcow2State *s = bs->opaque;
@@ -1740,6 +1748,7 @@ const VmmBlockDriver vmm_qcow2_driver = {
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .pdiscard = qcow2_pdiscard,
+    .make_empty = qcow2_make_empty,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .truncate = qcow2_truncate,

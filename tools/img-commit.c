@@ -78,44 +78,13 @@ static gboolean commit_data(VmmBlockDev *top, VmmBlockDev *base, VmmBlockDev *ba
     return vmm_block_flush(base_rw, error);
 }
 
-/* Makes the overlay read through to its backing chain again: discards what it
- * allocates; where a discard leaves the range allocated with different
- * content (a format that turns discards into zero clusters), the committed
- * data is written back so that the guest view never changes. */
+/* Makes the overlay read through to its backing chain again, as qemu-img's
+ * bdrv_make_empty. */
 static gboolean make_empty(VmmBlockDev *top, GError **error)
 {
-    if (!top->backing || !top->drv->pdiscard)
+    if (!top->backing)
         return TRUE;
-    guint64 size = vmm_block_size(top);
-    g_autofree guint8 *want = g_malloc(COMMIT_CHUNK);
-    g_autofree guint8 *have = g_malloc(COMMIT_CHUNK);
-    for (guint64 offset = 0; offset < size;) {
-        guint64 pnum = 0, map;
-        VmmBlockDev *file;
-        guint64 len = MIN(COMMIT_CHUNK, size - offset);
-        int ret = vmm_block_status(top, offset, len, &pnum, &map, &file, error);
-        if (ret < 0)
-            return FALSE;
-        if (pnum == 0 || pnum > len)
-            pnum = len;
-        if (ret & (VMM_BLOCK_ALLOCATED | VMM_BLOCK_DATA | VMM_BLOCK_ZERO)) {
-            guint64 bsize = vmm_block_size(top->backing);
-            guint64 in_backing = offset < bsize ? MIN(pnum, bsize - offset) : 0;
-            memset(want, 0, pnum);
-            if (in_backing && !vmm_block_pread(top->backing, offset, in_backing, want, error))
-                return FALSE;
-            GError *derr = NULL;
-            if (!vmm_block_pdiscard(top, offset, pnum, &derr))
-                g_clear_error(&derr); /* emptying is best effort, as qemu-img's */
-            if (!vmm_block_pread(top, offset, pnum, have, error))
-                return FALSE;
-            if (memcmp(want, have, pnum) &&
-                !vmm_block_pwrite(top, offset, pnum, want, 0, error))
-                return FALSE;
-        }
-        offset += pnum;
-    }
-    return vmm_block_flush(top, error);
+    return vmm_block_make_empty(top, error);
 }
 
 int img_commit(int argc, char **argv)

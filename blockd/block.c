@@ -23,16 +23,7 @@ extern const VmmBlockDriver vmm_file_driver;
 extern const VmmBlockDriver vmm_raw_driver;
 extern const VmmBlockDriver vmm_preallocate_driver;
 extern const VmmBlockDriver vmm_nbd_driver;
-/* The qcow2 driver: registered when it is linked in. A weak reference alone
- * would never pull qcow2.o out of the static library, so once qcow2.h
- * exists the reference is a strong one. */
-#if defined(__has_include) && __has_include("blockd/qcow2.h") && !defined(VMM_QCOW2_WEAK)
 extern const VmmBlockDriver vmm_qcow2_driver;
-#define QCOW2_DRIVER (&vmm_qcow2_driver)
-#else
-extern const VmmBlockDriver vmm_qcow2_driver __attribute__((weak));
-#define QCOW2_DRIVER (&vmm_qcow2_driver)
-#endif
 
 /* ---------------------------------------------------------------------------
  * Nodes: the public VmmBlockDev plus what only this file uses
@@ -110,9 +101,7 @@ void vmm_block_init(void)
         vmm_block_register(&vmm_raw_driver);
         vmm_block_register(&vmm_preallocate_driver);
         vmm_block_register(&vmm_nbd_driver);
-        const VmmBlockDriver *qcow2 = QCOW2_DRIVER;
-        if (qcow2)
-            vmm_block_register(qcow2);
+        vmm_block_register(&vmm_qcow2_driver);
         g_once_init_leave(&done, 1);
     }
 }

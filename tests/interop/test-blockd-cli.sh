@@ -69,10 +69,25 @@ pid=$(cat "$T/pid"); PIDS+=($pid)
 nbdinfo "$(uri "$T/s4")" >/dev/null || fail "nbdinfo on forked blockd"
 kill -TERM "$pid"; wait_gone "$pid"
 
-# 5. Bad input: clear errors, non-zero exit.
-if "$BIN/blockd" -k "$T/s5" -f qcow2 "$T/a.raw" 2>"$T/e.log"; then fail "raw opened as qcow2"; fi
+# 5. Two clients sharing one export (--shared=2), and a second writer of the same
+# image refused by the image lock (no share-rw).
+"$BIN/blockd" -k "$T/s5" -f raw -e 2 -t "$T/a.raw" 2>"$T/b5.log" & pid=$!; PIDS+=($pid)
+wait_sock "$T/s5"
+qemu-io -f raw -c "write -P 0x44 0 64k" -c "sleep 1000" "$(uri "$T/s5")" >/dev/null 2>&1 & c1=$!
+qemu-io -f raw -c "write -P 0x45 1M 64k" -c "sleep 1000" "$(uri "$T/s5")" >/dev/null 2>&1 & c2=$!
+wait "$c1" || fail "first of two shared clients failed"
+wait "$c2" || fail "second of two shared clients failed"
+qemu-io -f raw -c "read -P 0x44 0 64k" -c "read -P 0x45 1M 64k" "$(uri "$T/s5")" >"$T/r5" 2>&1 || fail "shared writes: $(cat "$T/r5")"
+grep -q "Pattern verification failed" "$T/r5" && fail "shared writes not visible: $(cat "$T/r5")"
+if "$BIN/blockd" -k "$T/s6" -f raw "$T/a.raw" 2>"$T/e.log"; then fail "second writer was not refused"; fi
+grep -q 'Failed to get .*"write" lock' "$T/e.log" || fail "no lock error: $(cat "$T/e.log")"
+grep -q "Is another process using the image" "$T/e.log" || fail "lock error lacks QEMU's hint: $(cat "$T/e.log")"
+kill -TERM "$pid"; wait_gone "$pid"
+
+# 6. Bad input: clear errors, non-zero exit.
+if "$BIN/blockd" -k "$T/s7" -f qcow2 "$T/a.raw" 2>"$T/e.log"; then fail "raw opened as qcow2"; fi
 grep -q "a.raw" "$T/e.log" || fail "error does not name the file: $(cat "$T/e.log")"
-if "$BIN/blockd" -k "$T/s5" "$T/missing.img" 2>"$T/e.log"; then fail "missing file served"; fi
+if "$BIN/blockd" -k "$T/s7" "$T/missing.img" 2>"$T/e.log"; then fail "missing file served"; fi
 grep -q "missing.img" "$T/e.log" || fail "error does not name the missing file"
-if "$BIN/blockd" -k "$T/s5" -p 1 "$T/a.raw" 2>"$T/e.log"; then fail "--socket with --port accepted"; fi
+if "$BIN/blockd" -k "$T/s7" -p 1 "$T/a.raw" 2>"$T/e.log"; then fail "--socket with --port accepted"; fi
 echo "PASS: blockd standalone"

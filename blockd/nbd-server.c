@@ -12,6 +12,7 @@
  *    finished and replied, then the socket is closed. Nothing a client sends
  *    affects other connections. */
 #include "blockd/nbd-server.h"
+#include "common/bytes.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -125,15 +126,6 @@ typedef struct {
     guint32 length;
     guint8 *payload; /* WRITE data */
 } NbdRequest;
-
-/* ---- byte order ---- */
-
-static void put_be16(guint8 *p, guint16 v) { p[0] = v >> 8; p[1] = v; }
-static void put_be32(guint8 *p, guint32 v) { put_be16(p, v >> 16); put_be16(p + 2, v); }
-static void put_be64(guint8 *p, guint64 v) { put_be32(p, v >> 32); put_be32(p + 4, v); }
-static guint16 get_be16(const guint8 *p) { return (guint16)(p[0] << 8 | p[1]); }
-static guint32 get_be32(const guint8 *p) { return (guint32)get_be16(p) << 16 | get_be16(p + 2); }
-static guint64 get_be64(const guint8 *p) { return (guint64)get_be32(p) << 32 | get_be32(p + 4); }
 
 /* ======================================================================
  * Exports

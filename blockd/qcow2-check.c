@@ -4,6 +4,7 @@
  * structure, bitmaps) and compared with the stored ones; COPIED flags of the
  * active tables. Messages go to stderr in QEMU's words. */
 #include "blockd/qcow2.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include <string.h>
 
@@ -14,16 +15,6 @@ typedef struct {
     guint64 nb;
     guint64 file_clusters;
 } Counter;
-
-static guint32 be32_at(const guint8 *p)
-{
-    return ((guint32)p[0] << 24) | ((guint32)p[1] << 16) | ((guint32)p[2] << 8) | p[3];
-}
-
-static guint64 be64_at(const guint8 *p)
-{
-    return ((guint64)be32_at(p) << 32) | be32_at(p + 4);
-}
 
 /* One more reference to every cluster of [OFF, OFF+LEN). */
 static void inc_refs(Counter *c, guint64 off, guint64 len)
@@ -201,10 +192,10 @@ static void check_bitmaps(Counter *c)
             c->res->corruptions++;
             return;
         }
-        guint64 toff = be64_at(dir + pos);
-        guint32 tsize = be32_at(dir + pos + 8);
+        guint64 toff = get_be64(dir + pos);
+        guint32 tsize = get_be32(dir + pos + 8);
         guint32 name = (dir[pos + 18] << 8) | dir[pos + 19];
-        guint32 extra = be32_at(dir + pos + 20);
+        guint32 extra = get_be32(dir + pos + 20);
         if (tsize > (64u << 20) / 8 || q2_offset_into_cluster(s, toff)) {
             g_printerr("ERROR bitmap table of bitmap %u is invalid\n", i);
             c->res->corruptions++;

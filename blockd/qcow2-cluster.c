@@ -2,32 +2,20 @@
  * copy-on-write of partial (sub)clusters, zero clusters and subclusters,
  * discard, compressed clusters (zlib and zstd) and block status. */
 #include "blockd/qcow2.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
 
-static guint64 be64_at(const guint8 *p)
-{
-    guint64 v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
-}
-
-static void put_be64(guint8 *p, guint64 v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
-
 guint64 q2_l2_get(const Qcow2State *s, const guint8 *table, guint64 idx)
 {
-    return be64_at(table + (idx << s->l2_entry_shift));
+    return get_be64(table + (idx << s->l2_entry_shift));
 }
 
 guint64 q2_l2_get_bitmap(const Qcow2State *s, const guint8 *table, guint64 idx)
 {
-    return s->extended_l2 ? be64_at(table + (idx << s->l2_entry_shift) + 8) : 0;
+    return s->extended_l2 ? get_be64(table + (idx << s->l2_entry_shift) + 8) : 0;
 }
 
 void q2_l2_set(const Qcow2State *s, guint8 *table, guint64 idx, guint64 entry)

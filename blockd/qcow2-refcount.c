@@ -2,21 +2,9 @@
  * entries of 1..64 bits, cluster allocation and freeing, and growth of the
  * refcount table. Every function runs with s->lock held. */
 #include "blockd/qcow2.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include <string.h>
-
-static guint64 be64_at(const guint8 *p)
-{
-    guint64 v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
-}
-
-static void put_be64(guint8 *p, guint64 v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
 
 guint64 q2_refblock_get(int order, const guint8 *block, guint64 idx)
 {
@@ -36,7 +24,7 @@ guint64 q2_refblock_get(int order, const guint8 *block, guint64 idx)
         return ((guint64)p[0] << 24) | ((guint64)p[1] << 16) | ((guint64)p[2] << 8) | p[3];
     }
     default:
-        return be64_at(block + idx * 8);
+        return get_be64(block + idx * 8);
     }
 }
 

@@ -1,42 +1,13 @@
 /* qcow2 internal snapshots: the snapshot table (with its extra data kept),
  * create, apply (goto), delete and list. Every function runs with s->lock. */
 #include "blockd/qcow2.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include <stdlib.h>
 #include <string.h>
 
 #define SN_FIXED 40
 #define SN_EXTRA_KNOWN 24  /* vm_state_size_large, disk_size, icount */
-
-static guint32 be32_at(const guint8 *p)
-{
-    return ((guint32)p[0] << 24) | ((guint32)p[1] << 16) | ((guint32)p[2] << 8) | p[3];
-}
-
-static guint64 be64_at(const guint8 *p)
-{
-    return ((guint64)be32_at(p) << 32) | be32_at(p + 4);
-}
-
-static void put_be32(guint8 *p, guint32 v)
-{
-    p[0] = (guint8)(v >> 24);
-    p[1] = (guint8)(v >> 16);
-    p[2] = (guint8)(v >> 8);
-    p[3] = (guint8)v;
-}
-
-static void put_be64(guint8 *p, guint64 v)
-{
-    put_be32(p, (guint32)(v >> 32));
-    put_be32(p + 4, (guint32)v);
-}
-
-static void put_be16(guint8 *p, guint16 v)
-{
-    p[0] = (guint8)(v >> 8);
-    p[1] = (guint8)v;
-}
 
 static void clear_snapshot(Qcow2Snapshot *sn)
 {
@@ -88,15 +59,15 @@ gboolean q2_read_snapshots(Qcow2State *s, GError **error)
             return bad_table(s, i, "the snapshot table is larger than 64 MiB", error);
         if (!q2_file_pread(s, off, SN_FIXED, h, "snapshot table", error))
             return FALSE;
-        sn->l1_table_offset = be64_at(h);
-        sn->l1_size = be32_at(h + 8);
+        sn->l1_table_offset = get_be64(h);
+        sn->l1_size = get_be32(h + 8);
         id_len = (h[12] << 8) | h[13];
         name_len = (h[14] << 8) | h[15];
-        sn->date_sec = be32_at(h + 16);
-        sn->date_nsec = be32_at(h + 20);
-        sn->vm_clock_nsec = be64_at(h + 24);
-        sn->vm_state_size = be32_at(h + 32);
-        sn->extra_size = be32_at(h + 36);
+        sn->date_sec = get_be32(h + 16);
+        sn->date_nsec = get_be32(h + 20);
+        sn->vm_clock_nsec = get_be64(h + 24);
+        sn->vm_state_size = get_be32(h + 32);
+        sn->extra_size = get_be32(h + 36);
         sn->icount = G_MAXUINT64;
         sn->disk_size = s->bs->size;
         off += SN_FIXED;
@@ -107,13 +78,13 @@ gboolean q2_read_snapshots(Qcow2State *s, GError **error)
             if (!q2_file_pread(s, off, sn->extra_size, extra, "snapshot table", error))
                 return FALSE;
             if (sn->extra_size >= 8)
-                sn->vm_state_size = be64_at(extra);
+                sn->vm_state_size = get_be64(extra);
             if (sn->extra_size >= 16) {
-                sn->disk_size = be64_at(extra + 8);
+                sn->disk_size = get_be64(extra + 8);
                 sn->has_disk_size = TRUE;
             }
             if (sn->extra_size >= 24) {
-                sn->icount = be64_at(extra + 16);
+                sn->icount = get_be64(extra + 16);
                 sn->has_icount = TRUE;
             }
             if (sn->extra_size > SN_EXTRA_KNOWN) {

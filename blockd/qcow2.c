@@ -3,37 +3,12 @@
  * backing file changes. The on-disk format is QEMU's docs/interop/qcow2.txt;
  * behaviour follows QEMU 7.2 where the spec leaves a choice. */
 #include "blockd/qcow2.h"
+#include "common/bytes.h"
 #include "common/error.h"
 #include "common/log.h"
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
-
-/* ---- byte order ---- */
-
-static guint32 be32_at(const guint8 *p)
-{
-    return ((guint32)p[0] << 24) | ((guint32)p[1] << 16) | ((guint32)p[2] << 8) | p[3];
-}
-
-static guint64 be64_at(const guint8 *p)
-{
-    return ((guint64)be32_at(p) << 32) | be32_at(p + 4);
-}
-
-static void put_be32(guint8 *p, guint32 v)
-{
-    p[0] = (guint8)(v >> 24);
-    p[1] = (guint8)(v >> 16);
-    p[2] = (guint8)(v >> 8);
-    p[3] = (guint8)v;
-}
-
-static void put_be64(guint8 *p, guint64 v)
-{
-    put_be32(p, (guint32)(v >> 32));
-    put_be32(p + 4, (guint32)v);
-}
 
 /* ---- options ---- */
 
@@ -472,7 +447,7 @@ static gboolean read_extensions(Qcow2State *s, const guint8 *hdr, gsize hdr_len,
     gsize pos = start;
 
     while (pos + 8 <= end) {
-        guint32 type = be32_at(hdr + pos), len = be32_at(hdr + pos + 4);
+        guint32 type = get_be32(hdr + pos), len = get_be32(hdr + pos + 4);
         pos += 8;
         if (type == QCOW2_EXT_END)
             return TRUE;
@@ -517,9 +492,9 @@ static gboolean read_extensions(Qcow2State *s, const guint8 *hdr, gsize hdr_len,
             s->bitmaps_ext->type = type;
             s->bitmaps_ext->len = len;
             s->bitmaps_ext->data = g_memdup2(data, len);
-            s->nb_bitmaps = be32_at(data);
-            s->bitmap_dir_size = be64_at(data + 8);
-            s->bitmap_dir_offset = be64_at(data + 16);
+            s->nb_bitmaps = get_be32(data);
+            s->bitmap_dir_size = get_be64(data + 8);
+            s->bitmap_dir_offset = get_be64(data + 16);
             break;
         default: {
             Qcow2Ext *e = g_new0(Qcow2Ext, 1);
@@ -718,19 +693,19 @@ static gboolean parse_header(Qcow2State *s, const guint8 *h, gsize hlen, GError 
     const char *fn = s->bs->filename;
     guint32 cluster_bits, refcount_order = 4;
 
-    if (hlen < QCOW2_V2_HEADER_SIZE || be32_at(h) != QCOW_MAGIC) {
+    if (hlen < QCOW2_V2_HEADER_SIZE || get_be32(h) != QCOW_MAGIC) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: %s", fn,
                     hlen < QCOW2_V2_HEADER_SIZE ? "file too short for a qcow2 header"
                                                 : "not a qcow2 image (bad magic)");
         return FALSE;
     }
-    s->version = (int)be32_at(h + 4);
+    s->version = (int)get_be32(h + 4);
     if (s->version != 2 && s->version != 3) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED, "%s: unsupported qcow2 version %d",
                     fn, s->version);
         return FALSE;
     }
-    cluster_bits = be32_at(h + 20);
+    cluster_bits = get_be32(h + 20);
     if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
                     "%s: header field cluster_bits is %u; it must be between %d and %d", fn,
@@ -742,11 +717,11 @@ static gboolean parse_header(Qcow2State *s, const guint8 *h, gsize hlen, GError 
             g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: file too short for a qcow2 v3 header", fn);
             return FALSE;
         }
-        s->incompatible = be64_at(h + 72);
-        s->compatible = be64_at(h + 80);
-        s->autoclear = be64_at(h + 88);
-        refcount_order = be32_at(h + 96);
-        s->header_length = be32_at(h + 100);
+        s->incompatible = get_be64(h + 72);
+        s->compatible = get_be64(h + 80);
+        s->autoclear = get_be64(h + 88);
+        refcount_order = get_be32(h + 96);
+        s->header_length = get_be32(h + 100);
         if (s->header_length < QCOW2_V3_HEADER_SIZE || (s->header_length & 7) ||
             s->header_length > (1u << cluster_bits) || s->header_length > hlen) {
             g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
@@ -776,19 +751,19 @@ static gboolean parse_header(Qcow2State *s, const guint8 *h, gsize hlen, GError 
         return FALSE;
     }
     set_geometry(s, (int)cluster_bits, (int)refcount_order, (s->incompatible & QCOW2_INCOMPAT_EXTL2) != 0);
-    s->bs->size = be64_at(h + 24);
-    if (be32_at(h + 32) != 0) {
+    s->bs->size = get_be64(h + 24);
+    if (get_be32(h + 32) != 0) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED,
                     "%s: encrypted qcow2 images (crypt_method %u, %s) are not supported yet", fn,
-                    be32_at(h + 32), be32_at(h + 32) == 1 ? "aes" : be32_at(h + 32) == 2 ? "luks" : "unknown");
+                    get_be32(h + 32), get_be32(h + 32) == 1 ? "aes" : get_be32(h + 32) == 2 ? "luks" : "unknown");
         return FALSE;
     }
-    s->l1_size = be32_at(h + 36);
-    s->l1_table_offset = be64_at(h + 40);
-    s->refcount_table_offset = be64_at(h + 48);
-    s->refcount_table_clusters = be32_at(h + 56);
-    s->nb_snapshots = be32_at(h + 60);
-    s->snapshots_offset = be64_at(h + 64);
+    s->l1_size = get_be32(h + 36);
+    s->l1_table_offset = get_be64(h + 40);
+    s->refcount_table_offset = get_be64(h + 48);
+    s->refcount_table_clusters = get_be32(h + 56);
+    s->nb_snapshots = get_be32(h + 60);
+    s->snapshots_offset = get_be64(h + 64);
     return TRUE;
 }
 
@@ -842,8 +817,8 @@ static gboolean read_l1_table(Qcow2State *s, GError **error)
 
 static gboolean read_backing_name(Qcow2State *s, const guint8 *h, GError **error)
 {
-    guint64 off = be64_at(h + 8);
-    guint32 len = be32_at(h + 16);
+    guint64 off = get_be64(h + 8);
+    guint32 len = get_be32(h + 16);
 
     if (!off)
         return TRUE;
@@ -903,7 +878,7 @@ static gboolean qcow2_do_open(Qcow2State *s, JsonObject *o, int flags, GError **
     if (hlen > s->cluster_size)
         hlen = s->cluster_size;
     if (!read_extensions(s, h, hlen, s->header_length,
-                         be64_at(h + 8) ? MIN(be64_at(h + 8), hlen) : hlen, error))
+                         get_be64(h + 8) ? MIN(get_be64(h + 8), hlen) : hlen, error))
         return FALSE;
     if (!refuse_unknown_incompat(s, error) || !check_compression_type(s, error))
         return FALSE;
@@ -993,7 +968,7 @@ static void qcow2_close(VmmBlockDev *bs)
 
 static int qcow2_probe(const guint8 *buf, gsize len, const char *filename)
 {
-    if (len >= 8 && be32_at(buf) == QCOW_MAGIC && (be32_at(buf + 4) == 2 || be32_at(buf + 4) == 3))
+    if (len >= 8 && get_be32(buf) == QCOW_MAGIC && (get_be32(buf + 4) == 2 || get_be32(buf + 4) == 3))
         return 100;
     return 0;
 }

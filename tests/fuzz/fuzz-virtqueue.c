@@ -13,10 +13,11 @@
  *   [2..3] descriptor table offset / 16, [4..5] driver area offset / 2,
  *   [6..7] device area offset / 4 (little-endian, in RAM)
  * Until vcpu-worker's device models are a library, the sources are included. */
-#include "vcpu-worker/guest-mem.c"
-#include "vcpu-worker/virtqueue.c"
-#include "vcpu-worker/virtio-mmio.c"
-#include "vcpu-worker/virtio-blk.c"
+#include "common/error.h"
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtqueue.h"
+#include "vcpu-worker/virtio-mmio.h"
+#include "vcpu-worker/virtio-blk.h"
 
 #include <stdlib.h>
 

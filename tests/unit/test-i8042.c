@@ -3,7 +3,8 @@
  * callback; the i8042 driver's probe sequence gets sensible answers.
  *
  * Until vcpu-worker's device models are a library, the source is included. */
-#include "vcpu-worker/i8042.c"
+#include "common/error.h"
+#include "vcpu-worker/i8042.h"
 
 typedef struct {
     VmmI8042 *dev;

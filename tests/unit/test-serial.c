@@ -4,7 +4,8 @@
  * records output and input fed from the test.
  *
  * Until vcpu-worker's device models are a library, the source is included. */
-#include "vcpu-worker/serial.c"
+#include "common/error.h"
+#include "vcpu-worker/serial.h"
 
 typedef struct {
     VmmSerial *s;

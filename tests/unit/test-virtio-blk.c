@@ -4,10 +4,11 @@
  * them out of order, and that fails requests on demand (werror/rerror).
  *
  * Until vcpu-worker's device models are a library, the sources are included. */
-#include "vcpu-worker/guest-mem.c"
-#include "vcpu-worker/virtqueue.c"
-#include "vcpu-worker/virtio-mmio.c"
-#include "vcpu-worker/virtio-blk.c"
+#include "common/error.h"
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtqueue.h"
+#include "vcpu-worker/virtio-mmio.h"
+#include "vcpu-worker/virtio-blk.h"
 #include "tests/unit/virtio-driver.h"
 
 #define DISK_SECTORS 2048

@@ -4,9 +4,10 @@
  * NEEDS_RESET, config space and bad accesses.
  *
  * Until vcpu-worker's device models are a library, the sources are included. */
-#include "vcpu-worker/guest-mem.c"
-#include "vcpu-worker/virtqueue.c"
-#include "vcpu-worker/virtio-mmio.c"
+#include "common/error.h"
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtqueue.h"
+#include "vcpu-worker/virtio-mmio.h"
 #include "tests/unit/virtio-driver.h"
 
 #define ECHO_DEVICE_ID 42

@@ -3,10 +3,11 @@
  * keeps requests queued until it has bytes; one that ends does no harm.
  *
  * Until vcpu-worker's device models are a library, the sources are included. */
-#include "vcpu-worker/guest-mem.c"
-#include "vcpu-worker/virtqueue.c"
-#include "vcpu-worker/virtio-mmio.c"
-#include "vcpu-worker/virtio-rng.c"
+#include "common/error.h"
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtqueue.h"
+#include "vcpu-worker/virtio-mmio.h"
+#include "vcpu-worker/virtio-rng.h"
 #include "tests/unit/virtio-driver.h"
 
 #include <fcntl.h>

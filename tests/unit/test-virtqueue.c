@@ -5,8 +5,9 @@
  * error without touching memory outside RAM.
  *
  * Until vcpu-worker's device models are a library, the sources are included. */
-#include "vcpu-worker/guest-mem.c"
-#include "vcpu-worker/virtqueue.c"
+#include "common/error.h"
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtqueue.h"
 #include "tests/unit/virtio-driver.h"
 
 #include <sys/mman.h>

@@ -302,7 +302,6 @@ static int parse_args(int argc, char **argv, ConvertArgs *a)
         {"bitmaps", no_argument, NULL, IMG_OPT_BITMAPS},
         {NULL, 0, NULL, 0},
     };
-    GError *err = NULL;
     int c;
     while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:", long_options, NULL)) != -1) {
         switch (c) {
@@ -360,10 +359,8 @@ static int parse_args(int argc, char **argv, ConvertArgs *a)
         case IMG_OPT_TARGET_IMAGE_OPTS: a->target_image_opts = TRUE; break;
         case IMG_OPT_TARGET_IS_ZERO: a->target_is_zero = TRUE; break;
         case IMG_OPT_OBJECT:
-            if (!img_add_object(optarg, &err)) {
-                img_report_error(err, NULL);
+            if (!img_object_option(optarg))
                 return 1;
-            }
             break;
         default:
             return img_bad_option(argv, c);

@@ -102,10 +102,8 @@ int img_create(int argc, char **argv)
         case 'q': quiet = TRUE; break;
         case 'u': unsafe = TRUE; break;
         case IMG_OPT_OBJECT:
-            if (!img_add_object(optarg, &err)) {
-                img_report_error(err, NULL);
+            if (!img_object_option(optarg))
                 return 1;
-            }
             break;
         default:
             return img_bad_option(argv, c);

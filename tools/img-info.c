@@ -207,10 +207,8 @@ int img_info(int argc, char **argv)
         case IMG_OPT_BACKING_CHAIN: chain = TRUE; break;
         case IMG_OPT_IMAGE_OPTS: spec.image_opts = TRUE; break;
         case IMG_OPT_OBJECT:
-            if (!img_add_object(optarg, &err)) {
-                img_report_error(err, NULL);
+            if (!img_object_option(optarg))
                 return 1;
-            }
             break;
         default:
             return img_bad_option(argv, c);

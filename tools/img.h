@@ -86,6 +86,8 @@ void img_qprintf(gboolean quiet, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 gboolean img_parse_size(const char *s, guint64 *out);
 gboolean img_parse_output(const char *s, ImgOutput *out);
 /* --object: accepted for the types we know (secret), others refused. */
+/* --object VALUE: adds it, or reports why not; FALSE means exit 1. */
+gboolean img_object_option(const char *value);
 gboolean img_add_object(const char *def, GError **error);
 /* Cache mode name to open flags (none, writeback, writethrough, directsync, unsafe). */
 gboolean img_cache_flags(const char *mode, int *flags, GError **error);

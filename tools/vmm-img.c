@@ -796,3 +796,12 @@ int main(int argc, char **argv)
     }
     return img_usage_error("Command not found: %s", name);
 }
+
+gboolean img_object_option(const char *value)
+{
+    GError *err = NULL;
+    if (img_add_object(value, &err))
+        return TRUE;
+    img_report_error(err, NULL);
+    return FALSE;
+}

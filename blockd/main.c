@@ -14,8 +14,19 @@ static gboolean started_by_vmmd(int argc, char **argv)
     return FALSE;
 }
 
+static gboolean has_arg(int argc, char **argv, const char *arg)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], arg) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
 int main(int argc, char **argv)
 {
+    if (has_arg(argc, argv, "--daemon"))
+        return blockd_daemon_main(argc, argv);
     if (started_by_vmmd(argc, argv))
         return blockd_helper_main(argc, argv);
     return blockd_standalone_main(argc, argv);

@@ -5,6 +5,7 @@
  * then send commands and print their "return" values. See docs/vmmctl.md. */
 #include "common/error.h"
 #include "common/json-stream.h"
+#include "tools/ctl-control.h"
 
 #include <errno.h>
 #include <json-glib/json-glib.h>
@@ -36,6 +37,7 @@ typedef struct {
     gboolean interactive;
     gboolean verbose;
     const char *wait_event;
+    const char *control_path; /* --control: the control protocol, not QMP */
 } Options;
 
 typedef struct {
@@ -741,6 +743,7 @@ static gboolean parse_options(int *argc, char ***argv, Options *opt, GError **er
 {
     g_autofree char *socket_path = NULL;
     g_autofree char *wait_event = NULL;
+    g_autofree char *control_path = NULL;
     gboolean version = FALSE;
     GOptionEntry entries[] = {
         { "socket", 's', 0, G_OPTION_ARG_FILENAME, &socket_path,
@@ -757,6 +760,9 @@ static gboolean parse_options(int *argc, char ***argv, Options *opt, GError **er
           "Wait for the event NAME (after COMMAND, if any) and print it", "NAME" },
         { "verbose", 'v', 0, G_OPTION_ARG_NONE, &opt->verbose,
           "Show every message sent and received on stderr", NULL },
+        { "control", 'c', 0, G_OPTION_ARG_FILENAME, &control_path,
+          "Send COMMAND over vmm's control protocol socket PATH (blockd --daemon) instead of QMP",
+          "PATH" },
         { "version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL },
         { NULL },
     };
@@ -780,6 +786,15 @@ static gboolean parse_options(int *argc, char ***argv, Options *opt, GError **er
                     opt->timeout_sec);
         return FALSE;
     }
+    opt->control_path = g_steal_pointer(&control_path);
+    if (opt->control_path) {
+        if (*argc < 2 || opt->interactive || opt->wait_event) {
+            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                        "--control takes one COMMAND, and neither -i nor --wait-event");
+            return FALSE;
+        }
+        return TRUE;
+    }
     opt->socket_path = socket_path ? g_steal_pointer(&socket_path) : g_strdup(g_getenv("VMMCTL_SOCKET"));
     opt->wait_event = g_steal_pointer(&wait_event);
     if (!opt->socket_path || !*opt->socket_path) {
@@ -795,6 +810,25 @@ static gboolean parse_options(int *argc, char ***argv, Options *opt, GError **er
     return TRUE;
 }
 
+/* --control: the same COMMAND KEY=VALUE... form, sent as a control request. */
+static int run_control(Options *opt, char **argv, int argc)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(JsonNode) request = build_request(argv, argc, &error);
+    if (!request) {
+        g_printerr("vmmctl: %s\n", error->message);
+        return EXIT_NO_SERVICE;
+    }
+    JsonObject *r = json_node_get_object(request);
+    const char *command = json_object_get_string_member(r, "execute");
+    g_autoptr(JsonObject) args = json_object_has_member(r, "arguments")
+                                     ? json_object_ref(json_object_get_object_member(r, "arguments"))
+                                     : json_object_new();
+    int status = vmmctl_control_call(opt->control_path, opt->timeout_sec, command, args, opt->raw);
+    g_free((char *)opt->control_path);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     Options opt = { .timeout_sec = DEFAULT_TIMEOUT_SEC };
@@ -806,6 +840,8 @@ int main(int argc, char **argv)
         g_printerr("vmmctl: %s\nTry 'vmmctl --help'.\n", error->message);
         return EXIT_NO_SERVICE;
     }
+    if (opt.control_path)
+        return run_control(&opt, argv + 1, argc - 1);
     if (argc == 1 && !opt.wait_event)
         opt.interactive = TRUE;
 

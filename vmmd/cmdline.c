@@ -1,5 +1,6 @@
 /* vmmd's command line: QEMU's options and syntax, one table. */
 #include "vmmd/vmmd.h"
+#include "vmmd/vm-options.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/opts.h"
@@ -36,6 +37,8 @@ void vmm_config_init(VmmConfig *c)
     c->helpers = g_strdupv((char **)default_helpers);
     c->max_restarts = 5;
     c->backoff_ms = 100;
+    c->vm = g_new0(VmmVmConfig, 1);
+    vmm_vm_config_init(c->vm);
 }
 
 void vmm_config_clear(VmmConfig *c)
@@ -47,6 +50,8 @@ void vmm_config_clear(VmmConfig *c)
     g_free(c->pidfile);
     g_free(c->helper_dir);
     g_strfreev(c->helpers);
+    vmm_vm_config_clear(c->vm);
+    g_free(c->vm);
 }
 
 /* Every option has one handler that takes an already-parsed object, so that
@@ -258,6 +263,19 @@ static void print_help(void)
            "-qmp unix:PATH,server=on[,wait=on|off]\n"
            "-pidfile FILE      write the pid to FILE\n"
            "-daemonize         detach once started\n"
+           "-machine TYPE[,accel=kvm][,kernel-irqchip=on|off|split][,dump-guest-core=on|off]\n"
+           "        [,mem-merge=on|off][,memory-backend=ID]   (-machine help lists types)\n"
+           "-accel kvm, -enable-kvm\n"
+           "-m [size=]SIZE[,slots=N,maxmem=SIZE]   RAM (default 128M)\n"
+           "-smp [cpus=]N[,sockets=S][,dies=D][,cores=C][,threads=T][,maxcpus=M]\n"
+           "-cpu host[,+FEATURE][,-FEATURE]\n"
+           "-kernel FILE, -initrd FILE, -append CMDLINE\n"
+           "-nographic, -serial stdio|null|none|file:PATH|unix:PATH[,server=on][,wait=off]\n"
+           "-object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on|off]\n"
+           "-object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=..][,discard-data=..][,prealloc=..]\n"
+           "-object rng-random,id=ID[,filename=/dev/urandom], -object rng-builtin,id=ID\n"
+           "-no-reboot, -no-shutdown, -S\n"
+           "        (the VM options are checked but not acted on yet: docs/machine.md)\n"
            "-version, -h\n\n"
            "vmmd options:\n"
            "-helpers LIST      helpers to run (default vcpu-worker,blockd,fsd,netfilterd)\n"
@@ -295,7 +313,7 @@ static gboolean takes_arg(const char *opt)
         "name", "sandbox", "global", "readconfig", "qmp", "pidfile", "helpers",
         "helper-dir", "supervise", NULL,
     };
-    return g_strv_contains(with_arg, opt);
+    return g_strv_contains(with_arg, opt) || vmm_vm_option_takes_arg(opt);
 }
 
 static gboolean apply_option(VmmConfig *c, const char *opt, const char *value,
@@ -349,6 +367,8 @@ static gboolean apply_option(VmmConfig *c, const char *opt, const char *value,
     }
     if (g_str_equal(opt, "supervise"))
         return parse_json_opt(c, &supervise_spec, apply_supervise, value, exit_now, error);
+    if (vmm_vm_option_known(opt))
+        return vmm_vm_config_apply(c->vm, opt, value, exit_now, error);
     if (g_str_equal(opt, "h") || g_str_equal(opt, "help")) {
         print_help();
         *exit_now = TRUE;
@@ -387,5 +407,6 @@ gboolean vmm_config_parse_argv(VmmConfig *c, int argc, char **argv, gboolean *ex
         if (!apply_option(c, opt, value, exit_now, error))
             return FALSE;
     }
-    return TRUE;
+    /* Checks across options (SMP against the machine type, backend ids). */
+    return *exit_now || vmm_vm_config_finish(c->vm, error);
 }

@@ -28,6 +28,7 @@ typedef struct {
     char **helpers;          /* which helpers to run */
     guint max_restarts;      /* -supervise max-restarts=N */
     guint backoff_ms;        /* -supervise backoff-ms=N, doubled per restart */
+    struct VmmVmConfig *vm;  /* -machine, -m, -smp, ... (vmmd/vm-options.h) */
 } VmmConfig;
 
 /* cmdline.c */

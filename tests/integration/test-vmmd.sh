@@ -225,6 +225,13 @@ case_bad_options() {
   expect_error "only unix:PATH" -qmp tcp:localhost:4444,server=on
   expect_error "unknown helper 'gpu'" -helpers gpu
   expect_error "Cannot open pid file" -pidfile /nonexistent/dir/pid
+  expect_error "unsupported machine type 'q35'" -machine q35
+  expect_error "Property 'microvm-1.0-machine.foo' not found" -M microvm,foo=on
+  expect_error "Parameter 'size' expects a non-negative number" -m lots
+  expect_error "Invalid CPU topology" -smp 4,sockets=3
+  expect_error "unable to find CPU model 'EPYC'" -cpu EPYC
+  expect_error "Duplicate ID 'r'" -object rng-random,id=r -object rng-builtin,id=r
+  "$BIN/vmmd" -machine help | grep -q "^microvm-1.0 .*(default)$" || fail "-machine help"
   # help exits 0 and lists keys
   "$BIN/vmmd" -name help | grep -q "debug-threads" || fail "-name help"
   "$BIN/vmmd" -sandbox help | grep -q "resourcecontrol" || fail "-sandbox help"

@@ -15,35 +15,14 @@ set -uo pipefail
 CLIENT=${NBD_CLIENT_TEST:-${VMM_BIN_DIR:-}/../tests/interop/nbd-client-test}
 VMM_IMG=${VMM_BIN_DIR:-}/vmm-img
 
-skip() { echo "SKIP: $*"; exit 77; }
-for tool in qemu-nbd qemu-img qemu-io nbdkit nbdinfo nbdcopy certtool psktool; do
-    command -v $tool >/dev/null || skip "$tool is not installed"
-done
+. "$(dirname "$0")/lib.sh"
+need_tools qemu-nbd qemu-img qemu-io nbdkit nbdinfo nbdcopy certtool psktool
 [ -x "$CLIENT" ] || skip "nbd-client-test not built ($CLIENT)"
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/test-nbd-client.XXXXXX")
-SERVER_PIDS=()
-cleanup() {
-    for pid in "${SERVER_PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-
-PASS=0
-FAIL=0
-ok() { echo "ok - $*"; PASS=$((PASS + 1)); }
-not_ok() { echo "not ok - $*"; FAIL=$((FAIL + 1)); }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
+make_workdir test-nbd-client
 
 client() { timeout 120 "$CLIENT" "$@"; }
 
-# Starts a server in the background (its pid goes to SERVER_PIDS and $LAST_PID)
+# Starts a server in the background (its pid goes to PIDS and $LAST_PID)
 # and waits until URI answers.
 LAST_PID=
 start_server() { # start_server URI COMMAND...
@@ -52,7 +31,7 @@ start_server() { # start_server URI COMMAND...
     case $uri in *socket=*) rm -f "$(echo "$uri" | sed 's/.*socket=\([^&]*\).*/\1/')";; esac
     "$@" >"$T/server.log" 2>&1 &
     LAST_PID=$!
-    SERVER_PIDS+=("$LAST_PID")
+    PIDS+=("$LAST_PID")
     local i sock=
     # libnbd 1.14 takes the PSK user name from getlogin_r, which fails without
     # a terminal: a PSK server is ready when its socket is.

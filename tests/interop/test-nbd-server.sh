@@ -15,32 +15,12 @@
 set -uo pipefail
 
 SERVER=${NBD_TEST_SERVER:-${VMM_BIN_DIR:-}/../tests/interop/nbd-test-server}
-skip() { echo "SKIP: $*"; exit 77; }
-for tool in qemu-nbd qemu-img qemu-io nbdinfo nbdcopy certtool psktool python3; do
-    command -v $tool >/dev/null || skip "$tool is not installed"
-done
+. "$(dirname "$0")/lib.sh"
+need_tools qemu-nbd qemu-img qemu-io nbdinfo nbdcopy certtool psktool python3
 [ -x "$SERVER" ] || skip "nbd-test-server not built ($SERVER)"
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/test-nbd-server.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+make_workdir test-nbd-server
 [ -n "${NBD_KEEP_LOGS:-}" ] && trap "cp -r \"$T\" /tmp/nbd-server-logs; cleanup" EXIT
 
-PASS=0
-FAIL=0
-ok() { echo "ok - $*"; PASS=$((PASS + 1)); }
-not_ok() { echo "not ok - $*"; FAIL=$((FAIL + 1)); }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
-}
 t() { timeout 120 "$@"; }
 
 # start_server NAME ARGS... : runs the server in the background; sets

@@ -380,8 +380,16 @@ static gboolean model_load_log(Model *m, const char *path, gboolean no_discard, 
 {
     g_autofree char *text = NULL;
     gsize len;
-    if (!g_file_get_contents(path, &text, &len, error)) {
-        return FALSE;
+    GError *read_error = NULL;
+    if (!g_file_get_contents(path, &text, &len, &read_error)) {
+        /* Killed before its first flush: no log yet, nothing acknowledged. */
+        if (!g_error_matches(read_error, G_FILE_ERROR, G_FILE_ERROR_NOENT)) {
+            g_propagate_error(error, read_error);
+            return FALSE;
+        }
+        g_error_free(read_error);
+        text = g_strdup("");
+        len = 0;
     }
     g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
     guint nlines = g_strv_length(lines);

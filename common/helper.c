@@ -186,6 +186,8 @@ int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc)
     }
     vmm_debug("sandboxed; serving the control channel");
     uv_run(&h.loop, UV_RUN_DEFAULT);
+    if (desc->cleanup)
+        desc->cleanup(&h);
     vmm_channel_free(h.channel);
     /* Let the channel's handles close before the loop goes. */
     uv_run(&h.loop, UV_RUN_NOWAIT);

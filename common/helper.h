@@ -19,6 +19,9 @@ typedef struct {
     /* Requests beyond the common ones; FALSE if COMMAND is not this helper's
      * (it then gets CommandNotFound). May be NULL. */
     gboolean (*handle_request)(VmmHelper *h, VmmChannelRequest *req);
+    /* After the loop stopped, while it and the channel still exist: release
+     * what uses them (threads that post to the loop). May be NULL. */
+    void (*cleanup)(VmmHelper *h);
 } VmmHelperDesc;
 
 int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc);

@@ -1,7 +1,7 @@
 #include "common/profiles.h"
 #include <string.h>
 
-static const char *const vmmd_groups[] = { "base", "fs-read", "fs-write", "net", "wait", NULL };
+static const char *const vmmd_groups[] = { "base", "fs-read", "fs-write", "net", "wait", "memfd", NULL };
 static const char *const vcpu_worker_groups[] = { "base", "kvm", NULL };
 static const char *const blockd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
 static const char *const fsd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };

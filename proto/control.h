@@ -14,9 +14,12 @@
 /* vcpu-worker */
 #define VMM_CMD_SETUP_KVM "setup-kvm"         /* fds: [/dev/kvm] -> as query-kvm; creates the VM */
 #define VMM_CMD_QUERY_KVM "query-kvm"         /* -> {"enabled","present","api-version","capabilities":{..}} */
+#define VMM_CMD_VM_START "vm-start"           /* {"ram-size","vcpus","cmdline"?,"irqchip"?}, fds: [RAM memfd, kernel, initrd?] -> {} */
 
 /* Events */
 #define VMM_EVENT_STATUS "status"             /* helper -> vmmd: {"status": "..."} */
+#define VMM_EVENT_GUEST_SHUTDOWN "guest-shutdown" /* vcpu-worker -> vmmd: {"reason","error"?} */
+#define VMM_EVENT_GUEST_RESET "guest-reset"   /* vcpu-worker -> vmmd: {"reason"} */
 
 /* Error classes (as QMP's) */
 #define VMM_ERR_GENERIC "GenericError"

@@ -1,11 +1,16 @@
-/* vcpu-worker: the KVM VM, its vCPU threads and the device models. For now it
- * takes /dev/kvm from vmmd, creates the VM and reports on it. */
+/* vcpu-worker: the KVM VM, its vCPU threads and the device models. It takes
+ * /dev/kvm from vmmd (setup-kvm), creates the VM, and runs the guest vmmd
+ * describes in vm-start (machine.h). */
 #include "common/helper.h"
 #include "common/profiles.h"
 #include "proto/control.h"
 #include "vcpu-worker/kvm.h"
+#include "vcpu-worker/machine.h"
+
+#include <unistd.h>
 
 static VmmKvm kvm = { .kvm_fd = -1, .vm_fd = -1 };
+static VmmMachine *machine;
 
 static void setup_kvm(VmmChannelRequest *req)
 {
@@ -13,6 +18,11 @@ static void setup_kvm(VmmChannelRequest *req)
     int fd = vmm_channel_request_take_fd(req, 0);
     if (fd < 0) {
         vmm_channel_reply_error(req, VMM_ERR_GENERIC, "setup-kvm: no /dev/kvm fd was passed");
+        return;
+    }
+    if (machine) {
+        close(fd);
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "setup-kvm: a guest is running on the VM");
         return;
     }
     vmm_kvm_close(&kvm);
@@ -23,6 +33,59 @@ static void setup_kvm(VmmChannelRequest *req)
     vmm_channel_reply(req, vmm_kvm_describe(&kvm), NULL, 0);
 }
 
+static void on_guest_end(VmmMachineEnd end, const char *reason, gpointer user)
+{
+    VmmHelper *h = user;
+    JsonObject *data = json_object_new();
+    json_object_set_string_member(data, "reason", reason);
+    const char *event = end == VMM_MACHINE_END_RESET ? VMM_EVENT_GUEST_RESET : VMM_EVENT_GUEST_SHUTDOWN;
+    if (end == VMM_MACHINE_END_ERROR)
+        json_object_set_boolean_member(data, "error", TRUE);
+    vmm_channel_emit(vmm_helper_channel(h), event, data, NULL, 0, NULL);
+}
+
+static void close_fds(int *fds, guint n)
+{
+    for (guint i = 0; i < n; i++) {
+        if (fds[i] >= 0)
+            close(fds[i]);
+    }
+}
+
+/* args {"ram-size","vcpus","cmdline"?,"irqchip"?}, fds [RAM memfd, kernel, initrd?] */
+static void vm_start(VmmHelper *h, VmmChannelRequest *req)
+{
+    g_autoptr(GError) err = NULL;
+    JsonObject *args = vmm_channel_request_args(req);
+    int fds[3] = { -1, -1, -1 };
+    for (guint i = 0; i < MIN(vmm_channel_request_nfds(req), 3u); i++)
+        fds[i] = vmm_channel_request_take_fd(req, i);
+    gint64 ram_size = json_object_get_int_member_with_default(args, "ram-size", 0);
+    gint64 vcpus = json_object_get_int_member_with_default(args, "vcpus", 1);
+
+    if (machine)
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-start: the guest is already running");
+    else if (fds[0] < 0 || fds[1] < 0)
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-start: needs the RAM and kernel fds");
+    else if (ram_size <= 0 || vcpus <= 0 || vcpus > G_MAXUINT32)
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-start: bad ram-size or vcpus");
+    else {
+        VmmMachineSpec spec = {
+            .ram_size = (guint64)ram_size, .vcpus = (guint32)vcpus,
+            .cmdline = json_object_get_string_member_with_default(args, "cmdline", NULL),
+            .ram_fd = fds[0], .kernel_fd = fds[1], .initrd_fd = fds[2],
+            .irqchip = json_object_get_boolean_member_with_default(args, "irqchip", TRUE),
+        };
+        machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &spec, on_guest_end, h, &err);
+        if (machine)
+            vmm_channel_reply(req, NULL, NULL, 0);
+        else
+            vmm_channel_reply_gerror(req, err);
+    }
+    /* The RAM stays mapped and the images are copied: no fd is kept. */
+    close_fds(fds, 3);
+}
+
 static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
 {
     const char *cmd = vmm_channel_request_command(req);
@@ -30,9 +93,18 @@ static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
         setup_kvm(req);
     else if (g_str_equal(cmd, VMM_CMD_QUERY_KVM))
         vmm_channel_reply(req, vmm_kvm_describe(&kvm), NULL, 0);
+    else if (g_str_equal(cmd, VMM_CMD_VM_START))
+        vm_start(h, req);
     else
         return FALSE;
     return TRUE;
+}
+
+/* The vCPU thread posts to the loop: stop and free it while the loop exists. */
+static void cleanup(VmmHelper *h)
+{
+    vmm_machine_free(machine);
+    machine = NULL;
 }
 
 int main(int argc, char **argv)
@@ -40,6 +112,7 @@ int main(int argc, char **argv)
     static const VmmHelperDesc desc = {
         .role = "vcpu-worker",
         .handle_request = handle_request,
+        .cleanup = cleanup,
     };
     VmmHelperDesc d = desc;
     d.profile = vmm_profile_for("vcpu-worker");

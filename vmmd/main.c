@@ -143,7 +143,7 @@ void vmmd_request_quit(Vmmd *d, const char *reason)
     vmm_notice("shutting down (%s)", reason);
     vmm_sd_notify("STOPPING=1", NULL);
     JsonObject *data = json_object_new();
-    json_object_set_boolean_member(data, "guest", FALSE);
+    json_object_set_boolean_member(data, "guest", g_str_has_prefix(reason, "guest-"));
     json_object_set_string_member(data, "reason", reason);
     vmm_qmp_emit(d, "SHUTDOWN", data);
     vmm_supervisor_stop_all(d, on_helpers_stopped);

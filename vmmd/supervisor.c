@@ -2,6 +2,7 @@
  * spawner, is reaped here, and is restarted after a crash with exponential
  * backoff, up to config->max_restarts times within a stability window. */
 #include "vmmd/vmmd.h"
+#include "vmmd/vm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/spawn.h"
@@ -106,11 +107,14 @@ static void on_kvm_setup(VmmChannel *ch, JsonObject *result, const GError *error
                          int *fds, guint nfds, gpointer user)
 {
     VmmHelperProc *hp = user;
-    if (error)
+    if (error) {
         vmm_error("vcpu-worker: KVM setup failed: %s", error->message);
-    else
-        vmm_info("vcpu-worker (pid %d) holds /dev/kvm: API version %" G_GINT64_FORMAT, hp->pid,
-                 json_object_get_int_member_with_default(result, "api-version", -1));
+        vmm_vm_cannot_start(hp->d, error->message);
+        return;
+    }
+    vmm_info("vcpu-worker (pid %d) holds /dev/kvm: API version %" G_GINT64_FORMAT, hp->pid,
+             json_object_get_int_member_with_default(result, "api-version", -1));
+    vmm_vm_start(hp->d, hp);
 }
 
 static void on_first_status(VmmChannel *ch, JsonObject *result, const GError *error,
@@ -129,6 +133,8 @@ static void on_first_status(VmmChannel *ch, JsonObject *result, const GError *er
     hp->ever_up = TRUE;
     if (g_str_equal(hp->role, "vcpu-worker") && hp->d->kvm_fd >= 0)
         vmm_channel_call(ch, "setup-kvm", NULL, &hp->d->kvm_fd, 1, on_kvm_setup, hp, NULL);
+    else if (g_str_equal(hp->role, "vcpu-worker"))
+        vmm_vm_cannot_start(hp->d, "/dev/kvm is not available");
     if (restarted) {
         JsonObject *data = helper_event_data(hp);
         json_object_set_int_member(data, "restarts", hp->total_restarts);
@@ -150,6 +156,8 @@ static void on_helper_event(VmmChannel *ch, const char *name, JsonObject *data, 
 {
     VmmHelperProc *hp = user;
     vmm_debug("helper %s: event %s", hp->role, name);
+    if (g_str_equal(hp->role, "vcpu-worker"))
+        vmm_vm_handle_event(hp->d, name, data);
 }
 
 static void on_kill_timer(uv_timer_t *t)

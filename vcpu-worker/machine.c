@@ -1,0 +1,362 @@
+/* The machine "vm-start" runs: see machine.h. Device callbacks run on the
+ * vCPU thread; the guest's end travels to the helper's loop by a uv_async. */
+#include "vcpu-worker/machine.h"
+#include "vcpu-worker/acpi.h"
+#include "vcpu-worker/i8042.h"
+#include "vcpu-worker/serial.h"
+#include "vcpu-worker/vm.h"
+#include "common/error.h"
+#include "common/log.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Bigger than any kernel or initrd a microvm guest boots from. */
+#define MAX_IMAGE_SIZE (1ULL << 30)
+
+struct VmmMachine {
+    uv_async_t ended_async;     /* first: its close callback frees the machine */
+    VmmVm vm;
+    gboolean vm_ready;
+    VmmVcpu *vcpu;
+    GThread *thread;
+    VmmSerial *com1;
+    VmmIrqLine com1_irq;
+    VmmI8042 *i8042;
+
+    gboolean async_open;        /* closed only by vmm_machine_free */
+    gint ended;                 /* atomic: 0 until the first end wins */
+    VmmMachineEnd end;
+    char *reason;
+    VmmMachineEndFn on_end;
+    gpointer user;
+};
+
+const char *vmm_machine_end_name(VmmMachineEnd end)
+{
+    switch (end) {
+    case VMM_MACHINE_END_SHUTDOWN: return "shutdown";
+    case VMM_MACHINE_END_RESET: return "reset";
+    case VMM_MACHINE_END_ERROR: return "error";
+    }
+    return "unknown";
+}
+
+/* ---- The guest's end ------------------------------------------------------ */
+
+/* From any thread; the first end counts, later ones are dropped. */
+static void machine_end(VmmMachine *m, VmmMachineEnd end, const char *reason)
+{
+    if (!g_atomic_int_compare_and_exchange(&m->ended, 0, 1))
+        return;
+    m->end = end;
+    m->reason = g_strdup(reason);
+    if (m->vcpu)
+        vmm_vcpu_kick(m->vcpu);
+    uv_async_send(&m->ended_async);
+}
+
+static void on_ended_async(uv_async_t *a)
+{
+    VmmMachine *m = a->data;
+    if (!g_atomic_int_get(&m->ended))
+        return;
+    if (m->on_end)
+        m->on_end(m->end, m->reason, m->user);
+}
+
+/* ---- Devices ---------------------------------------------------------------- */
+
+static void com1_output(void *opaque, const uint8_t *buf, size_t len)
+{
+    /* Console output is best effort: a closed stderr must not stop the guest. */
+    while (len > 0) {
+        ssize_t n = write(STDERR_FILENO, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void com1_set_irq(void *opaque, bool level)
+{
+    VmmMachine *m = opaque;
+    if (m->vm.irqchip)
+        vmm_irq_line_set(&m->com1_irq, level);
+}
+
+static void com1_read(void *opaque, guint64 offset, guint8 *data, guint32 len)
+{
+    VmmMachine *m = opaque;
+    for (guint32 i = 0; i < len; i++)
+        data[i] = vmm_serial_read(m->com1, (unsigned)(offset + i));
+}
+
+static void com1_write(void *opaque, guint64 offset, const guint8 *data, guint32 len)
+{
+    VmmMachine *m = opaque;
+    for (guint32 i = 0; i < len; i++)
+        vmm_serial_write(m->com1, (unsigned)(offset + i), data[i]);
+}
+
+static const VmmBusOps com1_ops = { .read = com1_read, .write = com1_write };
+
+static void i8042_reset(void *opaque)
+{
+    machine_end(opaque, VMM_MACHINE_END_RESET, "guest-i8042-reset");
+}
+
+static void i8042_access(VmmMachine *m, guint16 port, guint8 *rdata, const guint8 *wdata,
+                         guint32 len)
+{
+    for (guint32 i = 0; i < len; i++) {
+        if (rdata)
+            rdata[i] = vmm_i8042_read(m->i8042, port);
+        else
+            vmm_i8042_write(m->i8042, port, wdata[i]);
+    }
+}
+
+static void i8042_data_read(void *o, guint64 off, guint8 *d, guint32 len)
+{
+    i8042_access(o, VMM_I8042_DATA_PORT, d, NULL, len);
+}
+
+static void i8042_data_write(void *o, guint64 off, const guint8 *d, guint32 len)
+{
+    i8042_access(o, VMM_I8042_DATA_PORT, NULL, d, len);
+}
+
+static void i8042_cmd_read(void *o, guint64 off, guint8 *d, guint32 len)
+{
+    i8042_access(o, VMM_I8042_COMMAND_PORT, d, NULL, len);
+}
+
+static void i8042_cmd_write(void *o, guint64 off, const guint8 *d, guint32 len)
+{
+    i8042_access(o, VMM_I8042_COMMAND_PORT, NULL, d, len);
+}
+
+static const VmmBusOps i8042_data_ops = { .read = i8042_data_read, .write = i8042_data_write };
+static const VmmBusOps i8042_cmd_ops = { .read = i8042_cmd_read, .write = i8042_cmd_write };
+
+static void acpi_regs_read(void *opaque, guint64 offset, guint8 *data, guint32 len)
+{
+    /* Sleep status never reports a wake: the guest never sleeps. */
+    memset(data, 0, len);
+}
+
+static void acpi_regs_write(void *opaque, guint64 offset, const guint8 *data, guint32 len)
+{
+    for (guint32 i = 0; i < len; i++) {
+        switch (vmm_acpi_reg_write(VMM_ACPI_REGS_ADDR + offset + i, data[i])) {
+        case VMM_ACPI_ACTION_POWEROFF:
+            machine_end(opaque, VMM_MACHINE_END_SHUTDOWN, "guest-poweroff");
+            return;
+        case VMM_ACPI_ACTION_RESET:
+            machine_end(opaque, VMM_MACHINE_END_RESET, "guest-reset");
+            return;
+        case VMM_ACPI_ACTION_NONE:
+            break;
+        }
+    }
+}
+
+static const VmmBusOps acpi_regs_ops = { .read = acpi_regs_read, .write = acpi_regs_write };
+
+static gboolean add_devices(VmmMachine *m, GError **error)
+{
+    VmmSerialHost com1_host = { .write = com1_output, .set_irq = com1_set_irq, .opaque = m };
+    m->com1_irq = (VmmIrqLine){ .vm = &m->vm, .gsi = VMM_SERIAL_COM1_IRQ };
+    m->com1 = vmm_serial_new("com1", &com1_host);
+    VmmI8042Host i8042_host = { .reset = i8042_reset, .opaque = m };
+    m->i8042 = vmm_i8042_new(&i8042_host);
+    return vmm_bus_add(m->vm.pio, "serial com1", VMM_SERIAL_COM1_BASE, VMM_SERIAL_NUM_REGS,
+                       &com1_ops, m, error) &&
+           vmm_bus_add(m->vm.pio, "i8042 data", VMM_I8042_DATA_PORT, 1, &i8042_data_ops, m, error) &&
+           vmm_bus_add(m->vm.pio, "i8042 command", VMM_I8042_COMMAND_PORT, 1, &i8042_cmd_ops, m,
+                       error) &&
+           vmm_bus_add(m->vm.mmio, "acpi registers", VMM_ACPI_REGS_ADDR, VMM_ACPI_REGS_SIZE,
+                       &acpi_regs_ops, m, error);
+}
+
+/* ---- Images ------------------------------------------------------------------ */
+
+/* The whole of FD from offset 0 (pread: the fd's offset is vmmd's too). */
+static guint8 *read_image(int fd, const char *what, gsize *size_out, GError **error)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        vmm_set_errno(error, errno, "vm-start: %s: fstat", what);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size <= 0 || (guint64)st.st_size > MAX_IMAGE_SIZE) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "vm-start: %s: not a regular file of 1 byte to 1 GiB", what);
+        return NULL;
+    }
+    gsize size = (gsize)st.st_size, done = 0;
+    guint8 *buf = g_malloc(size);
+    while (done < size) {
+        ssize_t n = pread(fd, buf + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                            "vm-start: %s: file shrank to %zu bytes while being read", what, done);
+            else
+                vmm_set_errno(error, errno, "vm-start: %s: read", what);
+            g_free(buf);
+            return NULL;
+        }
+        done += (gsize)n;
+    }
+    *size_out = size;
+    return buf;
+}
+
+static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInfo *boot,
+                           GError **error)
+{
+    static const VmmSerialPort com1 = { .port = VMM_SERIAL_COM1_BASE, .irq = VMM_SERIAL_COM1_IRQ };
+    VmmGuestConfig cfg = {
+        .ram_size = spec->ram_size, .ncpus = MAX(spec->vcpus, 1), .serial = &com1, .n_serial = 1,
+    };
+    VmmAcpiTables tables;
+    g_autofree guint8 *kernel = NULL, *initrd = NULL;
+    VmmBootImages img = { .cmdline = spec->cmdline };
+
+    if (!vmm_guest_config_check(&cfg, error) ||
+        !vmm_acpi_build(&cfg, m->vm.ram, m->vm.ram_size, &tables, error))
+        return FALSE;
+    kernel = read_image(spec->kernel_fd, "kernel", &img.kernel_size, error);
+    if (!kernel)
+        return FALSE;
+    if (spec->initrd_fd >= 0 && !(initrd = read_image(spec->initrd_fd, "initrd", &img.initrd_size, error)))
+        return FALSE;
+    img.kernel = kernel;
+    img.initrd = initrd;
+    img.rsdp_addr = tables.rsdp;
+    return vmm_boot_load(&cfg, &img, m->vm.ram, m->vm.ram_size, boot, error);
+}
+
+/* ---- The vCPU thread -------------------------------------------------------- */
+
+static gpointer vcpu_thread(gpointer data)
+{
+    VmmMachine *m = data;
+    while (!g_atomic_int_get(&m->ended)) {
+        g_autoptr(GError) err = NULL;
+        VmmVcpuExit exit = vmm_vcpu_run(m->vcpu, &err);
+        switch (exit) {
+        case VMM_VCPU_EXIT_HLT:
+            /* Only without the irqchip: no interrupt can wake it. */
+            machine_end(m, VMM_MACHINE_END_SHUTDOWN, "guest-hlt");
+            break;
+        case VMM_VCPU_EXIT_POWEROFF:
+            machine_end(m, VMM_MACHINE_END_SHUTDOWN, "guest-poweroff");
+            break;
+        case VMM_VCPU_EXIT_CRASH:
+            machine_end(m, VMM_MACHINE_END_SHUTDOWN, "guest-panic");
+            break;
+        case VMM_VCPU_EXIT_SHUTDOWN:
+            machine_end(m, VMM_MACHINE_END_RESET, "guest-triple-fault");
+            break;
+        case VMM_VCPU_EXIT_RESET:
+            machine_end(m, VMM_MACHINE_END_RESET, "guest-reset");
+            break;
+        case VMM_VCPU_EXIT_STOPPED:
+            break;      /* a kick: the loop condition decides */
+        case VMM_VCPU_EXIT_ERROR:
+            machine_end(m, VMM_MACHINE_END_ERROR, err ? err->message : "vCPU 0 failed");
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* ---- Life cycle ----------------------------------------------------------- */
+
+VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec *spec,
+                              VmmMachineEndFn on_end, gpointer user, GError **error)
+{
+    VmmMachine *m = g_new0(VmmMachine, 1);
+    VmmVmOptions opts = { .irqchip = spec->irqchip };
+    VmmBootInfo boot;
+
+    m->on_end = on_end;
+    m->user = user;
+    uv_async_init(loop, &m->ended_async, on_ended_async);
+    m->ended_async.data = m;
+    m->async_open = TRUE;
+    /* A running guest does not keep the helper's loop alive. */
+    uv_unref((uv_handle_t *)&m->ended_async);
+    if (kvm->vm_fd < 0) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "vm-start: no KVM VM (setup-kvm first)");
+        goto fail;
+    }
+    if (!vmm_vm_init(&m->vm, kvm, &opts, error))
+        goto fail;
+    m->vm_ready = TRUE;
+    if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, error) ||
+        !load_guest(m, spec, &boot, error) || !add_devices(m, error))
+        goto fail;
+    m->vcpu = vmm_vcpu_new(&m->vm, 0, error);
+    if (!m->vcpu || !vmm_vcpu_load_boot_state(m->vcpu, &boot.cpu, error))
+        goto fail;
+    if (spec->vcpus > 1)
+        vmm_warn("vm-start: %u vCPUs asked for; only vCPU 0 runs for now", spec->vcpus);
+    m->thread = g_thread_new("vcpu0", vcpu_thread, m);
+    vmm_info("vm-start: %s kernel, entry 0x%" G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT " MiB RAM",
+             boot.kind == VMM_BOOT_PVH ? "PVH" : "bzImage", boot.entry, spec->ram_size >> 20);
+    return m;
+
+fail:
+    vmm_machine_free(m);
+    return NULL;
+}
+
+void vmm_machine_stop(VmmMachine *m)
+{
+    if (!m)
+        return;
+    /* The end this records reaches nobody: the owner is going away. */
+    m->on_end = NULL;
+    if (m->thread) {
+        g_atomic_int_set(&m->ended, 1);
+        vmm_vcpu_kick(m->vcpu);
+        g_thread_join(m->thread);
+        m->thread = NULL;
+    }
+}
+
+static void free_machine_memory(uv_handle_t *h)
+{
+    g_free(h);      /* the machine itself: ended_async is its first member */
+}
+
+void vmm_machine_free(VmmMachine *m)
+{
+    if (!m)
+        return;
+    vmm_machine_stop(m);
+    vmm_vcpu_free(m->vcpu);
+    m->vcpu = NULL;
+    vmm_serial_free(m->com1);
+    m->com1 = NULL;
+    vmm_i8042_free(m->i8042);
+    m->i8042 = NULL;
+    if (m->vm_ready)
+        vmm_vm_cleanup(&m->vm);
+    m->vm_ready = FALSE;
+    g_clear_pointer(&m->reason, g_free);
+    if (m->async_open)
+        uv_close((uv_handle_t *)&m->ended_async, free_machine_memory);
+    else
+        g_free(m);
+}

@@ -1,0 +1,55 @@
+/* The running machine inside vcpu-worker: what "vm-start" builds on the VM
+ * that "setup-kvm" created. Guest RAM from vmmd's memfd, the kernel (bzImage
+ * or PVH ELF) and initrd read from the fds vmmd opened, the ACPI tables, the
+ * COM1 16550A (output to vcpu-worker's stderr, which is vmmd's), the i8042 and
+ * the ACPI sleep/reset registers, and vCPU 0 on its own thread.
+ *
+ * Not yet: vCPUs beyond the first (vcpus > 1 is accepted, only vCPU 0 runs:
+ * the APs would need INIT/SIPI handling), serial input, the GED event
+ * register and the virtio-mmio transports.
+ *
+ * The guest's end is reported on the helper's libuv loop: ACPI S5 (or, with
+ * the in-kernel irqchip off, HLT) is "shutdown"; the ACPI reset register, the
+ * i8042's 0xfe pulse or a triple fault is "reset"; a failed KVM_RUN is
+ * "error". The vCPU thread then stops; a reset does not restart it (yet). */
+#pragma once
+#include "vcpu-worker/kvm.h"
+
+#include <glib.h>
+#include <uv.h>
+
+typedef enum {
+    VMM_MACHINE_END_SHUTDOWN,
+    VMM_MACHINE_END_RESET,
+    VMM_MACHINE_END_ERROR,
+} VmmMachineEnd;
+
+typedef struct {
+    guint64 ram_size;
+    guint32 vcpus;
+    const char *cmdline;        /* may be NULL */
+    int ram_fd;                 /* memfd already ram_size bytes; borrowed */
+    int kernel_fd;              /* borrowed, read from offset 0 */
+    int initrd_fd;              /* -1: none; borrowed */
+    gboolean irqchip;           /* in-kernel irqchip and PIT */
+} VmmMachineSpec;
+
+/* Called on LOOP's thread once, when the guest ends. REASON names the cause
+ * ("guest-poweroff", "guest-hlt", "guest-reset", "guest-i8042-reset",
+ * "guest-triple-fault", or the vCPU error's message). */
+typedef void (*VmmMachineEndFn)(VmmMachineEnd end, const char *reason, gpointer user);
+
+typedef struct VmmMachine VmmMachine;
+
+/* Builds the machine on KVM's VM and starts vCPU 0. Errors name the step. */
+VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec *spec,
+                              VmmMachineEndFn on_end, gpointer user, GError **error);
+/* Stops the vCPU thread (a kick) and joins it; touches nothing of the loop,
+ * so it is what a helper calls once its loop is gone (the rest is left to
+ * process exit). */
+void vmm_machine_stop(VmmMachine *m);
+/* Stops and frees everything; closes the loop handle, so LOOP must still be
+ * alive and run once more (the machine's memory goes in the close callback). */
+void vmm_machine_free(VmmMachine *m);
+
+const char *vmm_machine_end_name(VmmMachineEnd end);

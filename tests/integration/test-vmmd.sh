@@ -164,8 +164,9 @@ case_daemonize() {
   local rc=0
   timeout 30 "$BIN/vmmd" -daemonize -pidfile "$T/vmmd.pid" -qmp "unix:$SOCK,server=on,wait=off" \
       -sandbox on 2>"$T/vmmd.log" || rc=$?
+  # Known before any check can fail, so that cleanup stops the daemon.
+  [ -s "$T/vmmd.pid" ] && VMMD_PID=$(cat "$T/vmmd.pid")
   [ $rc -eq 0 ] || fail "vmmd -daemonize exited $rc"
-  VMMD_PID=$(cat "$T/vmmd.pid")
   kill -0 "$VMMD_PID" || fail "daemon not running"
   status_is running || fail "daemon not running helpers"
   mapfile -t HELPER_PIDS < <(q query-helpers | jq -r '.[].pid')

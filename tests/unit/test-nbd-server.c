@@ -35,7 +35,29 @@ typedef struct {
 enum AllocState { ST_UNALLOCATED, ST_DATA, ST_ZERO };
 
 /* Knobs the tests turn; G_MAXUINT64 = off. */
-static guint64 g_slow_read_offset = G_MAXUINT64; /* a read starting here sleeps */
+static guint64 g_slow_read_offset = G_MAXUINT64; /* a read starting here waits for the gate */
+/* The slow read waits until the test opens the gate (not for a time, so the
+ * test means the same on a loaded machine); 60 s is only a guard. */
+static GMutex g_gate_lock;
+static GCond g_gate_cond;
+static gboolean g_gate_open;
+
+static void slow_read_wait(void)
+{
+    gint64 end = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    g_mutex_lock(&g_gate_lock);
+    while (!g_gate_open && g_cond_wait_until(&g_gate_cond, &g_gate_lock, end))
+        ;
+    g_mutex_unlock(&g_gate_lock);
+}
+
+static void slow_read_gate(gboolean open)
+{
+    g_mutex_lock(&g_gate_lock);
+    g_gate_open = open;
+    g_cond_broadcast(&g_gate_cond);
+    g_mutex_unlock(&g_gate_lock);
+}
 static guint64 g_fail_read_offset = G_MAXUINT64; /* a read covering this fails with EIO */
 static gint g_flushes;
 
@@ -71,7 +93,7 @@ static gboolean mem_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *
 {
     MemDisk *m = bs->opaque;
     if (offset == g_slow_read_offset)
-        g_usleep(2 * G_USEC_PER_SEC);
+        slow_read_wait();
     if (g_fail_read_offset >= offset && g_fail_read_offset < offset + bytes) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_IO, "mem: read at %" G_GUINT64_FORMAT ": %s", offset,
                     g_strerror(EIO));
@@ -1023,6 +1045,7 @@ static void test_many_in_flight(Fixture *f, gconstpointer data)
         g_assert_true(c >= 100 && c < 164 && !seen[c - 100]);
         seen[c - 100] = TRUE;
     }
+    slow_read_gate(FALSE);
     g_slow_read_offset = 20 * MIB;
     send_request(fd, 0, NBD_CMD_READ, 999, 20 * MIB, 4096, NULL);
     for (int i = 1; i < 64; i++)
@@ -1036,6 +1059,7 @@ static void test_many_in_flight(Fixture *f, gconstpointer data)
         g_assert_true(recv_all(fd, buf, sizeof(buf)));
         g_assert_cmpmem(buf, 4096, w + (c - 200) * 4096, 4096);
     }
+    slow_read_gate(TRUE);
     g_assert_cmpuint(recv_simple(fd, 999, buf, sizeof(buf)), ==, 0);
     g_assert_cmpmem(buf, 4096, w, 4096);
     g_slow_read_offset = G_MAXUINT64;

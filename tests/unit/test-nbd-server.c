@@ -1420,7 +1420,9 @@ static void test_handshake_timeout(Fixture *f, gconstpointer data)
     client_handshake(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
     gint64 start = g_get_monotonic_time();
     assert_closed(fd); /* the client says nothing more */
-    g_assert_cmpint(g_get_monotonic_time() - start, <, 5 * G_USEC_PER_SEC);
+    /* Closed by the 1 s handshake limit, not by our own 10 s receive timeout;
+     * the slack is for loaded machines. */
+    g_assert_cmpint(g_get_monotonic_time() - start, <, 9 * G_USEC_PER_SEC);
     close(fd);
 }
 

@@ -277,6 +277,7 @@ static int run(VmmConfig *config)
     uv_walk(&loop, close_any_handle, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    g_clear_pointer(&d.early_exits, g_hash_table_unref);
     if (d.spawner_pid > 0) {
         kill(d.spawner_pid, SIGKILL);
         waitpid(d.spawner_pid, NULL, 0);

@@ -46,8 +46,6 @@ struct VmmHelperProc {
     uv_timer_t timer;       /* restart backoff and shutdown grace */
 };
 
-static void (*all_stopped_cb)(Vmmd *d);
-static GHashTable *early_exits; /* pid -> status of children reaped before we knew them */
 
 VmmChannel *vmm_helper_proc_channel(VmmHelperProc *hp) { return hp->ch; }
 const char *vmm_helper_proc_role(VmmHelperProc *hp) { return hp->role; }
@@ -208,8 +206,8 @@ static void on_spawned(Vmmd *d, int pid, const GError *error, gpointer user)
         uv_timer_start(&hp->timer, on_kill_timer, SHUTDOWN_GRACE_MS, 0);
     }
     gpointer early;
-    if (early_exits && g_hash_table_lookup_extended(early_exits, GINT_TO_POINTER(pid), NULL, &early)) {
-        g_hash_table_remove(early_exits, GINT_TO_POINTER(pid));
+    if (d->early_exits && g_hash_table_lookup_extended(d->early_exits, GINT_TO_POINTER(pid), NULL, &early)) {
+        g_hash_table_remove(d->early_exits, GINT_TO_POINTER(pid));
         vmm_supervisor_child_exited(d, pid, GPOINTER_TO_INT(early));
     }
 }
@@ -281,9 +279,9 @@ static VmmHelperProc *find_by_pid(Vmmd *d, int pid)
 
 static void check_all_stopped(Vmmd *d)
 {
-    if (all_stopped_cb && all_helpers_in(d, HELPER_STOPPED, HELPER_FAILED)) {
-        void (*cb)(Vmmd *) = all_stopped_cb;
-        all_stopped_cb = NULL;
+    if (d->on_all_stopped && all_helpers_in(d, HELPER_STOPPED, HELPER_FAILED)) {
+        void (*cb)(Vmmd *) = d->on_all_stopped;
+        d->on_all_stopped = NULL;
         cb(d);
     }
 }
@@ -292,9 +290,9 @@ void vmm_supervisor_child_exited(Vmmd *d, int pid, int status)
 {
     VmmHelperProc *hp = find_by_pid(d, pid);
     if (!hp) {
-        if (!early_exits)
-            early_exits = g_hash_table_new(NULL, NULL);
-        g_hash_table_insert(early_exits, GINT_TO_POINTER(pid), GINT_TO_POINTER(status));
+        if (!d->early_exits)
+            d->early_exits = g_hash_table_new(NULL, NULL);
+        g_hash_table_insert(d->early_exits, GINT_TO_POINTER(pid), GINT_TO_POINTER(status));
         return;
     }
     uv_timer_stop(&hp->timer);
@@ -365,7 +363,7 @@ static void on_shutdown_reply(VmmChannel *ch, JsonObject *result, const GError *
 
 void vmm_supervisor_stop_all(Vmmd *d, void (*done)(Vmmd *d))
 {
-    all_stopped_cb = done;
+    d->on_all_stopped = done;
     for (guint i = 0; i < d->helpers->len; i++) {
         VmmHelperProc *hp = d->helpers->pdata[i];
         uv_timer_stop(&hp->timer);

@@ -60,6 +60,8 @@ struct Vmmd {
     int exit_code;
     const char *status;      /* QMP run state */
     void (*on_helpers_up)(Vmmd *d);
+    void (*on_all_stopped)(Vmmd *d); /* pending vmm_supervisor_stop_all callback */
+    GHashTable *early_exits;         /* pid -> status of children reaped before the spawn reply */
 };
 
 /* spawner.c: the small process that forks helpers even under spawn=deny. */

@@ -897,7 +897,10 @@ static VmmBlockDev *open_node(const char *filename, const char *format, JsonObje
     const char *explicit_name = vmm_opts_get_string(opts, "filename", NULL);
     if (drv && drv->is_protocol && explicit_name)
         filename = explicit_name;
-    if (drv && drv->is_protocol && (!filename || !*filename)) {
+    /* A network protocol may name its server in options instead (nbd's server.*). */
+    gboolean names_server = vmm_opts_has(opts, "server") || vmm_opts_has(opts, "host") ||
+                            vmm_opts_has(opts, "path");
+    if (drv && drv->is_protocol && (!filename || !*filename) && !names_server) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
                     "The '%s' block driver requires a file name", drv->format_name);
         return NULL;
@@ -914,7 +917,8 @@ static VmmBlockDev *open_node(const char *filename, const char *format, JsonObje
 
     node_opts = deep_copy(opts);
     if (drv && drv->is_protocol) {
-        json_object_set_string_member(node_opts, "filename", filename);
+        if (filename)
+            json_object_set_string_member(node_opts, "filename", filename);
         if (p.auto_read_only)
             json_object_set_boolean_member(node_opts, "auto-read-only", TRUE);
     } else {

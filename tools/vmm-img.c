@@ -3,6 +3,7 @@
  * subcommands share: option parsing, opening images, JSON and human output
  * in qemu-img's formats, and the progress bar. See docs/vmm-img.md. */
 #include "img.h"
+#include "blockd/nbd-uri.h"
 
 #include <errno.h>
 #include <math.h>
@@ -199,11 +200,40 @@ gboolean img_parse_output(const char *s, ImgOutput *out)
     return FALSE;
 }
 
+/* TLS credentials become usable by the nbd driver's tls-creds= option (the
+ * client side: what qemu-img needs to reach a TLS NBD server). */
+static gboolean img_register_tls_creds(JsonObject *obj, const char *type, const char *id,
+                                       GError **error)
+{
+    const char *endpoint = vmm_opts_get_string(obj, "endpoint", "client");
+    if (strcmp(endpoint, "client") != 0) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "--object %s,id=%s: vmm-img is an NBD client and needs endpoint=client, not '%s'",
+                    type, id, endpoint);
+        return FALSE;
+    }
+    const char *dir = vmm_opts_get_string(obj, "dir", NULL);
+    if (!dir) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "--object %s,id=%s: parameter 'dir' is missing",
+                    type, id);
+        return FALSE;
+    }
+    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_NOT_FOUND,
+                    "--object %s,id=%s: credentials directory '%s' does not exist", type, id, dir);
+        return FALSE;
+    }
+    gboolean psk = strcmp(type, "tls-creds-psk") == 0;
+    vmm_nbd_tls_creds_register(id, psk ? VMM_NBD_TLS_PSK : VMM_NBD_TLS_X509, dir,
+                               psk ? vmm_opts_get_string(obj, "username", NULL) : NULL);
+    return TRUE;
+}
+
 gboolean img_add_object(const char *def, GError **error)
 {
     static const VmmOptSpec spec = {.option = "--object", .implied = "qom-type", .keys = NULL};
     if (vmm_opts_wants_help(def)) {
-        printf("List of user creatable objects:\n  secret\n");
+        printf("List of user creatable objects:\n  secret\n  tls-creds-psk\n  tls-creds-x509\n");
         exit(0);
     }
     g_autoptr(JsonObject) obj = vmm_opts_parse(&spec, def, error);
@@ -214,16 +244,20 @@ gboolean img_add_object(const char *def, GError **error)
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "--object: parameter 'qom-type' is missing");
         return FALSE;
     }
-    if (strcmp(type, "secret") != 0) {
+    gboolean tls = strcmp(type, "tls-creds-x509") == 0 || strcmp(type, "tls-creds-psk") == 0;
+    if (strcmp(type, "secret") != 0 && !tls) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED,
-                    "--object: object type '%s' is not supported by vmm-img (supported: secret)",
-                    type);
+                    "--object: object type '%s' is not supported by vmm-img "
+                    "(supported: secret, tls-creds-psk, tls-creds-x509)", type);
         return FALSE;
     }
-    if (!vmm_opts_get_string(obj, "id", NULL)) {
+    const char *id = vmm_opts_get_string(obj, "id", NULL);
+    if (!id) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "--object: parameter 'id' is missing");
         return FALSE;
     }
+    if (tls)
+        return img_register_tls_creds(obj, type, id, error);
     /* Secrets only matter for encrypted images, which the block layer refuses
      * for now with its own message; accepting the object keeps scripts working. */
     return TRUE;
@@ -279,6 +313,10 @@ static JsonObject *parse_image_opts(const char *optstr, const char **filename,
     if (!*filename)
         *filename = vmm_opts_get_string(opts, "filename", NULL);
     *fmt = vmm_opts_get_string(opts, "driver", NULL);
+    /* A network protocol's node names its server instead of a file. */
+    if (!*filename && (vmm_opts_has(opts, "server") || vmm_opts_has(opts, "host") ||
+                       vmm_opts_has(opts, "path")))
+        return opts;
     if (!*filename) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
                     "--image-opts: '%s' names no file (file.filename=...)", optstr);
@@ -341,6 +379,8 @@ VmmBlockDev *img_open(const char *filename, const ImgOpenSpec *spec, GError **er
 
     GError *local = NULL;
     VmmBlockDev *bs = vmm_block_open(path, fmt, options, flags, &local);
+    if (!path)  /* a server's node: errors name it by its options */
+        path = filename;
     if (!bs) {
         if (message_names(local->message, path))
             g_propagate_error(error, local);

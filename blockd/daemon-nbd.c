@@ -8,6 +8,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/opts.h"
+#include "common/profiles.h"
+#include "common/sandbox.h"
 #include "common/sdnotify.h"
 
 #include <errno.h>
@@ -25,6 +27,7 @@ typedef struct {
     char *cache, *aio, *discard, *detect_zeroes, *tls_creds, *tls_authz, *pid_file;
     char **objects;
     char **files;
+    char *sandbox;          /* -sandbox syntax; NULL: "on" */
     gboolean version, verbose;
 } NbdCli;
 
@@ -60,6 +63,8 @@ static gboolean parse_cli(NbdCli *c, int *argc, char ***argv, GError **error)
         { "tls-authz", 0, 0, G_OPTION_ARG_STRING, &c->tls_authz, "id of an authz-simple object", "ID" },
         { "fork", 0, 0, G_OPTION_ARG_NONE, &c->fork, "detach once listening", NULL },
         { "pid-file", 0, 0, G_OPTION_ARG_FILENAME, &c->pid_file, "write the pid to PATH", "PATH" },
+        { "sandbox", 0, 0, G_OPTION_ARG_STRING, &c->sandbox,
+          "seccomp policy once serving, as vmmd's -sandbox (default on)", "on|off[,...]" },
         { "verbose", 'v', 0, G_OPTION_ARG_NONE, &c->verbose, "log each client", NULL },
         { "version", 'V', 0, G_OPTION_ARG_NONE, &c->version, "print the version", NULL },
         { G_OPTION_REMAINING, 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &c->files, NULL, "FILE" },
@@ -228,6 +233,7 @@ static void on_client_done(NbdServer *server, guint clients, gpointer opaque)
 
 /* --fork: the parent returns only once the child listens (or failed). */
 static int fork_ready_fd = -1;
+static int fork_null_fd = -1;   /* opened now: the sandbox allows no open later */
 
 static gboolean fork_now(GError **error)
 {
@@ -245,6 +251,7 @@ static gboolean fork_now(GError **error)
     close(p[0]);
     setsid();
     fork_ready_fd = p[1];
+    fork_null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     return TRUE;
 }
 
@@ -252,18 +259,31 @@ static void fork_report(char status)
 {
     if (fork_ready_fd < 0)
         return;
-    if (status == 0) {
-        int null = open("/dev/null", O_RDWR);
-        if (null >= 0) {
-            dup2(null, 0);
-            dup2(null, 1);
-            dup2(null, 2);
-            close(null);
-        }
+    if (status == 0 && fork_null_fd >= 0) {
+        dup2(fork_null_fd, 0);
+        dup2(fork_null_fd, 1);
+        dup2(fork_null_fd, 2);
     }
+    if (fork_null_fd >= 0)
+        close(fork_null_fd);
+    fork_null_fd = -1;
     (void)!write(fork_ready_fd, &status, 1);
     close(fork_ready_fd);
     fork_ready_fd = -1;
+}
+
+/* Everything blockd opens by name (the image chain, the credentials, the
+ * socket, the pid file) is open by now: from here on it only does I/O on what
+ * it holds, so a compromised connection reaches no other file. */
+static gboolean enter_sandbox(NbdCli *c, GError **error)
+{
+    VmmSandboxPolicy policy;
+    vmm_sandbox_policy_init(&policy);
+    if (!vmm_sandbox_policy_parse(c->sandbox ? c->sandbox : "on", &policy, error)) {
+        g_prefix_error(error, "--sandbox: ");
+        return FALSE;
+    }
+    return vmm_sandbox_enter(vmm_profile_for("blockd-standalone"), &policy, error);
 }
 
 static gboolean write_pid_file(const char *path, GError **error)
@@ -309,6 +329,8 @@ static int serve(NbdCli *c, GPtrArray *objects)
     if (!listener)
         goto out;
     if (c->pid_file && !write_pid_file(c->pid_file, &err))
+        goto out;
+    if (!enter_sandbox(c, &err))
         goto out;
     if (c->verbose)
         vmm_notice("serving %s on %s", c->files[0], n == 1 ? "an activated socket" : address);

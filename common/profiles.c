@@ -6,8 +6,11 @@ static const char *const vcpu_worker_groups[] = { "base", "kvm", NULL };
 static const char *const blockd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
 static const char *const fsd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
 static const char *const netfilterd_groups[] = { "base", "net", NULL };
+/* blockd FILE (the qemu-nbd role): once the image, its listening socket and
+ * its credentials are open, it reads and writes only what it holds. */
+static const char *const blockd_standalone_groups[] = { "base", "file-io", "net", "unlink", NULL };
 static const char *const spawner_groups[] = {
-    "base", "fs-read", "fs-write", "net", "kvm", "wait", "spawn", NULL,
+    "base", "fs-read", "fs-write", "file-io", "net", "kvm", "wait", "spawn", NULL,
 };
 
 static const VmmSandboxProfile profiles[] = {
@@ -16,6 +19,7 @@ static const VmmSandboxProfile profiles[] = {
     { "blockd", blockd_groups },
     { "fsd", fsd_groups },
     { "netfilterd", netfilterd_groups },
+    { "blockd-standalone", blockd_standalone_groups },
     { "spawner", spawner_groups },
 };
 

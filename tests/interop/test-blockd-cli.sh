@@ -67,7 +67,19 @@ wait_gone "$pid"
 pid=$(cat "$T/pid"); PIDS+=($pid)
 [ -S "$T/s4" ] || fail "not listening when --fork returned"
 nbdinfo "$(uri "$T/s4")" >/dev/null || fail "nbdinfo on forked blockd"
+# Serving, it is sandboxed (seccomp filter, no capabilities) and it removes its
+# socket and pid file when it ends.
+grep -q "^Seccomp:[[:space:]]*2" "/proc/$pid/status" || fail "standalone blockd is not under seccomp"
+grep -q "^CapEff:[[:space:]]*0000000000000000" "/proc/$pid/status" || fail "standalone blockd kept capabilities"
 kill -TERM "$pid"; wait_gone "$pid"
+[ ! -e "$T/s4" ] || fail "socket left behind by the sandboxed blockd"
+[ ! -e "$T/pid" ] || fail "pid file left behind by the sandboxed blockd"
+"$BIN/blockd" --sandbox off --fork --pid-file "$T/pid" -k "$T/s4" -f raw -t "$T/a.raw" 2>"$T/b4.log" || fail "--sandbox off"
+pid=$(cat "$T/pid"); PIDS+=($pid)
+grep -q "^Seccomp:[[:space:]]*0" "/proc/$pid/status" || fail "--sandbox off: still under seccomp"
+kill -TERM "$pid"; wait_gone "$pid"
+"$BIN/blockd" --sandbox bogus -k "$T/s4" -f raw "$T/a.raw" 2>"$T/b4.log" && fail "--sandbox bogus accepted"
+grep -q -- "--sandbox" "$T/b4.log" || fail "--sandbox bogus: the error does not name the option: $(cat "$T/b4.log")"
 
 # 5. Two clients sharing one export (--shared=2), and a second writer of the same
 # image refused by the image lock (no share-rw).

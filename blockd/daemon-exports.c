@@ -36,6 +36,11 @@ void blockd_exports_free(BlockdExports *e)
     g_free(e);
 }
 
+NbdServer *blockd_exports_server(BlockdExports *e)
+{
+    return e->server;
+}
+
 gboolean blockd_exports_listen(BlockdExports *e, const char *address, int *port, GError **error)
 {
     NbdListener *l = nbd_listener_new(e->server, address, error);

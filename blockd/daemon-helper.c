@@ -1,6 +1,6 @@
 /* blockd as a helper of vmmd: handshake, sandbox, status, and the export
- * commands of daemon-exports.c (vmmd hands a socketpair end per drive with
- * nbd-serve-fd). */
+ * commands of daemon-exports.c, and the VM's drives of daemon-drives.c
+ * (vmmd hands the image fds and a socketpair end per drive with drive-add). */
 #include "blockd/daemon.h"
 #include "common/helper.h"
 #include "common/profiles.h"
@@ -10,12 +10,13 @@ static BlockdExports *exports;
 static gboolean prepare(VmmHelper *h, GError **error)
 {
     exports = blockd_exports_new();
+    blockd_drives_prepare();
     return TRUE;
 }
 
 static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
 {
-    return blockd_exports_handle(exports, req);
+    return blockd_drives_handle(exports, req) || blockd_exports_handle(exports, req);
 }
 
 int blockd_helper_main(int argc, char **argv)

@@ -17,3 +17,10 @@ void blockd_exports_free(BlockdExports *e);
 gboolean blockd_exports_listen(BlockdExports *e, const char *address, int *port, GError **error);
 /* Answers REQ if it is an export command; FALSE if it is not one. */
 gboolean blockd_exports_handle(BlockdExports *e, VmmChannelRequest *req);
+NbdServer *blockd_exports_server(BlockdExports *e);
+
+/* daemon-drives.c: a VM's drives from fds vmmd hands over (helper mode). */
+gboolean blockd_drives_handle(BlockdExports *e, VmmChannelRequest *req);
+/* Before the sandbox: probes what the file driver needs and makes it refuse
+ * every path vmmd did not hand over. */
+void blockd_drives_prepare(void);

@@ -7,6 +7,7 @@
  * (aio=threads). aio=native and aio=io_uring are accepted for compatibility
  * and run the same way. */
 #include "blockd/block.h"
+#include "blockd/preopen.h"
 #include "common/error.h"
 #include "common/log.h"
 #include <errno.h>
@@ -353,6 +354,9 @@ static int open_image_fd(const char *path, int flags, gboolean auto_read_only, g
     int fd;
 
     *read_only = !(flags & VMM_BDRV_O_RDWR);
+    /* blockd in a VM: the images are fds from vmmd (blockd/preopen.h). */
+    if (vmm_block_preopen_open(path, oflags | (*read_only ? O_RDONLY : O_RDWR), &fd))
+        return fd;
     do {
         fd = open(path, oflags | (*read_only ? O_RDONLY : O_RDWR));
     } while (fd < 0 && errno == EINTR);
@@ -885,7 +889,10 @@ static gboolean file_create(const char *filename, VmmBlockDev *file, JsonObject 
                     filename);
         return FALSE;
     }
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd;
+    /* blockd in a VM: a snapshot overlay is an fd from vmmd (blockd/preopen.h). */
+    if (!vmm_block_preopen_open(path, O_RDWR, &fd))
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return vmm_set_errno(error, errno, "Could not create '%s'", path);
 

@@ -3,14 +3,16 @@
 
 static const char *const vmmd_groups[] = { "base", "fs-read", "fs-write", "net", "wait", "memfd", NULL };
 static const char *const vcpu_worker_groups[] = { "base", "kvm", NULL };
-static const char *const blockd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
-static const char *const fsd_groups[] = { "base", "fs-read", "fs-write", "net", NULL };
+/* blockd as vmmd's helper: no paths, only the image fds of drive-add
+ * (blockd/preopen.h). */
+static const char *const blockd_groups[] = { "base", "file-io", "net", NULL };
+static const char *const fsd_groups[] = { "base", "fs-read", "fs-write", "net", "xattr", NULL };
 static const char *const netfilterd_groups[] = { "base", "net", NULL };
 /* blockd FILE (the qemu-nbd role): once the image, its listening socket and
  * its credentials are open, it reads and writes only what it holds. */
 static const char *const blockd_standalone_groups[] = { "base", "file-io", "net", "unlink", NULL };
 static const char *const spawner_groups[] = {
-    "base", "fs-read", "fs-write", "file-io", "net", "kvm", "wait", "spawn", NULL,
+    "base", "fs-read", "fs-write", "file-io", "net", "kvm", "wait", "spawn", "xattr", NULL,
 };
 
 static const VmmSandboxProfile profiles[] = {

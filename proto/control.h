@@ -16,6 +16,12 @@
 #define VMM_CMD_QUERY_KVM "query-kvm"         /* -> {"enabled","present","api-version","capabilities":{..}} */
 #define VMM_CMD_VM_START "vm-start"           /* {"ram-size","vcpus","cmdline"?,"irqchip"?}, fds: [RAM memfd, kernel, initrd?] -> {} */
 
+/* VM drives (docs/drives.md) */
+#define VMM_CMD_DRIVE_ADD "drive-add"         /* vmmd -> blockd: {"id","files":[..],...}, fds [socket, images.., overlay?] -> {"size",..} */
+#define VMM_CMD_DRIVE_ATTACH "drive-attach"   /* vmmd -> vcpu-worker: {"id","serial"?,...}, fds [socket] -> {"size","read-only"} */
+#define VMM_CMD_DRIVE_RECONNECT "drive-reconnect" /* vmmd -> vcpu-worker: {"id"}, fds [socket] -> {} */
+#define VMM_EVENT_DRIVE_IO_ERROR "drive-io-error" /* vcpu-worker -> vmmd: {"id","operation","action","errno","reason"} */
+
 /* Events */
 #define VMM_EVENT_STATUS "status"             /* helper -> vmmd: {"status": "..."} */
 #define VMM_EVENT_GUEST_SHUTDOWN "guest-shutdown" /* vcpu-worker -> vmmd: {"reason","error"?} */

@@ -2,6 +2,7 @@
  * vCPU thread; the guest's end travels to the helper's loop by a uv_async. */
 #include "vcpu-worker/machine.h"
 #include "vcpu-worker/acpi.h"
+#include "vcpu-worker/disks.h"
 #include "vcpu-worker/i8042.h"
 #include "vcpu-worker/serial.h"
 #include "vcpu-worker/vm.h"
@@ -24,6 +25,7 @@ struct VmmMachine {
     VmmSerial *com1;
     VmmIrqLine com1_irq;
     VmmI8042 *i8042;
+    struct VmmDisks *disks;     /* plugged into the VM's virtio-mmio slots */
 
     gboolean async_open;        /* closed only by vmm_machine_free */
     gint ended;                 /* atomic: 0 until the first end wins */
@@ -224,8 +226,10 @@ static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInf
                            GError **error)
 {
     static const VmmSerialPort com1 = { .port = VMM_SERIAL_COM1_BASE, .irq = VMM_SERIAL_COM1_IRQ };
+    VmmVirtioMmioSlot virtio[VMM_VIRTIO_MMIO_MAX];
     VmmGuestConfig cfg = {
         .ram_size = spec->ram_size, .ncpus = MAX(spec->vcpus, 1), .serial = &com1, .n_serial = 1,
+        .virtio = virtio, .n_virtio = vmm_disks_slots(spec->disks, virtio, VMM_VIRTIO_MMIO_MAX),
     };
     VmmAcpiTables tables;
     g_autofree guint8 *kernel = NULL, *initrd = NULL;
@@ -264,9 +268,13 @@ static gpointer vcpu_thread(gpointer data)
         case VMM_VCPU_EXIT_CRASH:
             machine_end(m, VMM_MACHINE_END_SHUTDOWN, "guest-panic");
             break;
-        case VMM_VCPU_EXIT_SHUTDOWN:
+        case VMM_VCPU_EXIT_SHUTDOWN: {
+            /* A triple fault says nothing by itself: leave the state behind. */
+            g_autofree char *state = vmm_vcpu_describe(m->vcpu);
+            vmm_warn("guest triple fault: %s", state);
             machine_end(m, VMM_MACHINE_END_RESET, "guest-triple-fault");
             break;
+        }
         case VMM_VCPU_EXIT_RESET:
             machine_end(m, VMM_MACHINE_END_RESET, "guest-reset");
             break;
@@ -303,8 +311,11 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
     if (!vmm_vm_init(&m->vm, kvm, &opts, error))
         goto fail;
     m->vm_ready = TRUE;
-    if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, error) ||
+    if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, &spec->ram_mapping, error) ||
         !load_guest(m, spec, &boot, error) || !add_devices(m, error))
+        goto fail;
+    m->disks = spec->disks;
+    if (!vmm_disks_plug(m->disks, &m->vm, error))
         goto fail;
     m->vcpu = vmm_vcpu_new(&m->vm, 0, error);
     if (!m->vcpu || !vmm_vcpu_load_boot_state(m->vcpu, &boot.cpu, error))
@@ -351,6 +362,8 @@ void vmm_machine_free(VmmMachine *m)
     m->com1 = NULL;
     vmm_i8042_free(m->i8042);
     m->i8042 = NULL;
+    vmm_disks_unplug(m->disks);
+    m->disks = NULL;
     if (m->vm_ready)
         vmm_vm_cleanup(&m->vm);
     m->vm_ready = FALSE;

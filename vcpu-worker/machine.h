@@ -14,6 +14,7 @@
  * "error". The vCPU thread then stops; a reset does not restart it (yet). */
 #pragma once
 #include "vcpu-worker/kvm.h"
+#include "vcpu-worker/vm.h"
 
 #include <glib.h>
 #include <uv.h>
@@ -29,9 +30,11 @@ typedef struct {
     guint32 vcpus;
     const char *cmdline;        /* may be NULL */
     int ram_fd;                 /* memfd already ram_size bytes; borrowed */
+    VmmRamMapping ram_mapping;  /* share, prealloc, merge, dump (vm.h) */
     int kernel_fd;              /* borrowed, read from offset 0 */
     int initrd_fd;              /* -1: none; borrowed */
     gboolean irqchip;           /* in-kernel irqchip and PIT */
+    struct VmmDisks *disks;     /* the attached drives (disks.h), or NULL; borrowed */
 } VmmMachineSpec;
 
 /* Called on LOOP's thread once, when the guest ends. REASON names the cause

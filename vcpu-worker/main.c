@@ -4,6 +4,7 @@
 #include "common/helper.h"
 #include "common/profiles.h"
 #include "proto/control.h"
+#include "vcpu-worker/disks.h"
 #include "vcpu-worker/kvm.h"
 #include "vcpu-worker/machine.h"
 
@@ -11,6 +12,7 @@
 
 static VmmKvm kvm = { .kvm_fd = -1, .vm_fd = -1 };
 static VmmMachine *machine;
+static VmmDisks *disks;         /* the drives vmmd attached (disks.h) */
 
 static void setup_kvm(VmmChannelRequest *req)
 {
@@ -52,7 +54,8 @@ static void close_fds(int *fds, guint n)
     }
 }
 
-/* args {"ram-size","vcpus","cmdline"?,"irqchip"?}, fds [RAM memfd, kernel, initrd?] */
+/* args {"ram-size","vcpus","cmdline"?,"irqchip"?,"ram-share"?,"ram-prealloc"?,"mem-merge"?,
+ * "dump-guest-core"?}, fds [RAM memfd, kernel, initrd?] */
 static void vm_start(VmmHelper *h, VmmChannelRequest *req)
 {
     g_autoptr(GError) err = NULL;
@@ -75,6 +78,13 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
             .cmdline = json_object_get_string_member_with_default(args, "cmdline", NULL),
             .ram_fd = fds[0], .kernel_fd = fds[1], .initrd_fd = fds[2],
             .irqchip = json_object_get_boolean_member_with_default(args, "irqchip", TRUE),
+            .ram_mapping = {
+                .private_copy = !json_object_get_boolean_member_with_default(args, "ram-share", TRUE),
+                .prealloc = json_object_get_boolean_member_with_default(args, "ram-prealloc", FALSE),
+                .merge = json_object_get_boolean_member_with_default(args, "mem-merge", FALSE),
+                .dump = json_object_get_boolean_member_with_default(args, "dump-guest-core", FALSE),
+            },
+            .disks = disks,
         };
         machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &spec, on_guest_end, h, &err);
         if (machine)
@@ -86,6 +96,49 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
     close_fds(fds, 3);
 }
 
+/* A failed guest request and its werror/rerror action: vmmd makes QMP's
+ * BLOCK_IO_ERROR of it. */
+static void on_disk_io_error(const char *id, const char *action, gboolean is_read, int err,
+                             gpointer user)
+{
+    VmmHelper *h = user;
+    JsonObject *data = json_object_new();
+    json_object_set_string_member(data, "id", id);
+    json_object_set_string_member(data, "operation", is_read ? "read" : "write");
+    json_object_set_string_member(data, "action", action);
+    json_object_set_int_member(data, "errno", err);
+    json_object_set_string_member(data, "reason", g_strerror(err));
+    vmm_channel_emit(vmm_helper_channel(h), VMM_EVENT_DRIVE_IO_ERROR, data, NULL, 0, NULL);
+}
+
+/* drive-attach {id, serial?, read-only?, writeback?, discard?, werror?, rerror?}
+ * and drive-reconnect {id}, each with the NBD socket as fd 0. */
+static void drive_command(VmmHelper *h, VmmChannelRequest *req, gboolean reconnect)
+{
+    g_autoptr(GError) err = NULL;
+    JsonObject *args = vmm_channel_request_args(req);
+    int fd = vmm_channel_request_take_fd(req, 0);
+    if (fd < 0) {
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "%s: no NBD socket was passed",
+                                vmm_channel_request_command(req));
+        return;
+    }
+    if (!disks)
+        disks = vmm_disks_new(vmm_helper_loop(h), on_disk_io_error, h);
+    if (reconnect) {
+        if (vmm_disks_reconnect(disks, json_object_get_string_member_with_default(args, "id", NULL), fd, &err))
+            vmm_channel_reply(req, NULL, NULL, 0);
+        else
+            vmm_channel_reply_gerror(req, err);
+        return;
+    }
+    JsonObject *r = vmm_disks_attach(disks, args, fd, &err);
+    if (r)
+        vmm_channel_reply(req, r, NULL, 0);
+    else
+        vmm_channel_reply_gerror(req, err);
+}
+
 static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
 {
     const char *cmd = vmm_channel_request_command(req);
@@ -95,6 +148,10 @@ static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
         vmm_channel_reply(req, vmm_kvm_describe(&kvm), NULL, 0);
     else if (g_str_equal(cmd, VMM_CMD_VM_START))
         vm_start(h, req);
+    else if (g_str_equal(cmd, VMM_CMD_DRIVE_ATTACH))
+        drive_command(h, req, FALSE);
+    else if (g_str_equal(cmd, VMM_CMD_DRIVE_RECONNECT))
+        drive_command(h, req, TRUE);
     else
         return FALSE;
     return TRUE;
@@ -105,6 +162,8 @@ static void cleanup(VmmHelper *h)
 {
     vmm_machine_free(machine);
     machine = NULL;
+    vmm_disks_free(disks);
+    disks = NULL;
 }
 
 int main(int argc, char **argv)

@@ -73,7 +73,8 @@ static gboolean set_memory_slot(VmmVm *vm, guint32 slot, guint64 gpa, guint64 si
     return TRUE;
 }
 
-gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, GError **error)
+gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping *how,
+                        GError **error)
 {
     long page = sysconf(_SC_PAGESIZE);
     if (vm->ram || ram_size == 0 || ram_size % (guint64)page != 0 || ram_size > G_MAXSIZE) {
@@ -82,12 +83,18 @@ gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, GError **error)
                     vm->ram ? "already mapped, refusing another" : "bad size", ram_size);
         return FALSE;
     }
-    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    static const VmmRamMapping defaults = { .dump = FALSE };
+    how = how ? how : &defaults;
+    int flags = (how->private_copy ? MAP_PRIVATE : MAP_SHARED) | (how->prealloc ? MAP_POPULATE : 0);
+    void *p = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (p == MAP_FAILED)
         return vmm_set_errno(error, errno, "guest RAM: mmap of %" G_GUINT64_FORMAT " bytes",
                              ram_size);
-    /* Guest RAM has no business in a core dump of the VMM. */
-    madvise(p, ram_size, MADV_DONTDUMP);
+    /* Advice only: a kernel without KSM refuses MERGEABLE, and the guest runs as well. */
+    if (!how->dump)
+        madvise(p, ram_size, MADV_DONTDUMP);
+    if (how->merge)
+        madvise(p, ram_size, MADV_MERGEABLE);
     vm->ram = p;
     vm->ram_size = ram_size;
     guint64 low = vmm_guest_low_ram_size(ram_size);
@@ -294,6 +301,16 @@ struct VmmVcpu {
     gint thread_set;        /* atomic: THREAD is the one in vmm_vcpu_run() */
     gint stop;              /* atomic: a kick not yet consumed */
     GMutex thread_lock;     /* orders the kick's pthread_kill with thread exit */
+    /* The last exits, oldest overwritten, for the triple-fault report. */
+    struct {
+        guint32 reason;
+        guint32 size;
+        guint64 addr;       /* port or guest physical address; 0 otherwise */
+        guint64 data;
+        gboolean write;
+    } history[VMM_VCPU_EXIT_HISTORY];
+    guint history_next;
+    guint64 exits;
 };
 
 static void kick_handler(int sig)
@@ -540,10 +557,86 @@ static VmmVcpuExit internal_error(VmmVcpu *vcpu, GError **error)
                       sub, name, rip);
 }
 
+static void record_exit(VmmVcpu *vcpu)
+{
+    struct kvm_run *run = vcpu->run;
+    __typeof__(vcpu->history[0]) *h = &vcpu->history[vcpu->history_next];
+    vcpu->history_next = (vcpu->history_next + 1) % VMM_VCPU_EXIT_HISTORY;
+    vcpu->exits++;
+    memset(h, 0, sizeof(*h));
+    h->reason = run->exit_reason;
+    if (run->exit_reason == KVM_EXIT_IO) {
+        h->addr = run->io.port;
+        h->size = run->io.size;
+        h->write = run->io.direction == KVM_EXIT_IO_OUT;
+        if (h->write)
+            memcpy(&h->data, (guint8 *)run + run->io.data_offset, MIN(run->io.size, 8u));
+    } else if (run->exit_reason == KVM_EXIT_MMIO) {
+        h->addr = run->mmio.phys_addr;
+        h->size = run->mmio.len;
+        h->write = run->mmio.is_write;
+        if (h->write)
+            memcpy(&h->data, run->mmio.data, MIN(run->mmio.len, 8u));
+    }
+}
+
+static void describe_segment(GString *s, const char *name, const struct kvm_segment *seg)
+{
+    g_string_append_printf(s, " %s=%04x/%llx/%x/t%x/p%u/l%u/db%u", name, seg->selector,
+                           (unsigned long long)seg->base, seg->limit, seg->type, seg->present,
+                           seg->l, seg->db);
+}
+
+char *vmm_vcpu_describe(VmmVcpu *vcpu)
+{
+    GString *s = g_string_new(NULL);
+    struct kvm_regs r;
+    struct kvm_sregs sr;
+    struct kvm_vcpu_events ev;
+    g_string_append_printf(s, "vCPU %u after %" G_GUINT64_FORMAT " exits:", vcpu->index,
+                           vcpu->exits);
+    if (ioctl(vcpu->fd, KVM_GET_REGS, &r) == 0)
+        g_string_append_printf(s, "\n  rip=%llx rsp=%llx rbp=%llx rflags=%llx rax=%llx rbx=%llx "
+                               "rcx=%llx rdx=%llx rsi=%llx rdi=%llx r8=%llx r9=%llx",
+                               r.rip, r.rsp, r.rbp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi,
+                               r.rdi, r.r8, r.r9);
+    if (ioctl(vcpu->fd, KVM_GET_SREGS, &sr) == 0) {
+        g_string_append_printf(s, "\n  cr0=%llx cr2=%llx cr3=%llx cr4=%llx cr8=%llx efer=%llx "
+                               "apic_base=%llx gdt=%llx/%x idt=%llx/%x\n ",
+                               sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.cr8, sr.efer, sr.apic_base,
+                               sr.gdt.base, sr.gdt.limit, sr.idt.base, sr.idt.limit);
+        describe_segment(s, "cs", &sr.cs);
+        describe_segment(s, "ss", &sr.ss);
+        describe_segment(s, "ds", &sr.ds);
+        describe_segment(s, "tr", &sr.tr);
+    }
+    if (ioctl(vcpu->fd, KVM_GET_VCPU_EVENTS, &ev) == 0)
+        g_string_append_printf(s, "\n  exception injected=%u pending=%u nr=%u error=%x; "
+                               "interrupt injected=%u nr=%u; nmi injected=%u pending=%u",
+                               ev.exception.injected, ev.exception.pending, ev.exception.nr,
+                               ev.exception.error_code, ev.interrupt.injected, ev.interrupt.nr,
+                               ev.nmi.injected, ev.nmi.pending);
+    g_string_append(s, "\n  last exits (oldest first):");
+    guint n = (guint)MIN(vcpu->exits, (guint64)VMM_VCPU_EXIT_HISTORY);
+    for (guint i = 0; i < n; i++) {
+        guint k = (vcpu->history_next + VMM_VCPU_EXIT_HISTORY - n + i) % VMM_VCPU_EXIT_HISTORY;
+        const __typeof__(vcpu->history[0]) *h = &vcpu->history[k];
+        g_string_append_printf(s, "\n    reason %u", h->reason);
+        if (h->reason == KVM_EXIT_IO || h->reason == KVM_EXIT_MMIO)
+            g_string_append_printf(s, " %s %s 0x%" G_GINT64_MODIFIER "x size %u%s",
+                                   h->reason == KVM_EXIT_IO ? "port" : "mmio",
+                                   h->write ? "write" : "read", h->addr, h->size, "");
+        if (h->write)
+            g_string_append_printf(s, " data 0x%" G_GINT64_MODIFIER "x", h->data);
+    }
+    return g_string_free(s, FALSE);
+}
+
 /* Returns TRUE to keep running, FALSE with *EXIT set to return. */
 static gboolean handle_exit(VmmVcpu *vcpu, VmmVcpuExit *exit, GError **error)
 {
     struct kvm_run *run = vcpu->run;
+    record_exit(vcpu);
     switch (run->exit_reason) {
     case KVM_EXIT_IO:
         handle_io(vcpu);

@@ -46,7 +46,17 @@ void vmm_vm_cleanup(VmmVm *vm);
 /* Maps RAM_SIZE bytes of FD (a memfd already that size) shared and registers
  * them as slot 0 (guest 0 up to the MMIO hole) and, above 3 GiB of RAM, slot 1
  * (from 4 GiB). The buffer layout is the one vmm_guest_ram_ptr() expects. */
-gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, GError **error);
+/* How guest RAM is mapped: the memory backend's share= and prealloc=, and
+ * -machine mem-merge= and dump-guest-core=. */
+typedef struct {
+    gboolean private_copy;      /* MAP_PRIVATE: the guest's writes stay out of the fd */
+    gboolean prealloc;          /* fault every page in now */
+    gboolean merge;             /* KSM may merge pages (MADV_MERGEABLE) */
+    gboolean dump;              /* RAM goes into a core dump of the process */
+} VmmRamMapping;
+
+gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping *how,
+                        GError **error);
 
 /* ---- Interrupts and doorbells ------------------------------------------- */
 
@@ -98,6 +108,9 @@ const char *vmm_vcpu_exit_name(VmmVcpuExit exit);
 
 typedef struct VmmVcpu VmmVcpu;
 
+/* How many of its last exits a vCPU remembers for vmm_vcpu_describe(). */
+#define VMM_VCPU_EXIT_HISTORY 16
+
 /* KVM_CREATE_VCPU number INDEX with APIC ID INDEX, mmaps its kvm_run, and
  * sets CPUID (supported CPUID, hypervisor bit, the KVM leaves 0x40000000 and
  * 0x40000001, the APIC ID in leaves 1, 0xb and 0x1f), the initial MSRs and
@@ -114,6 +127,11 @@ gboolean vmm_vcpu_load_boot_state(VmmVcpu *vcpu, const VmmBootCpuState *state, G
  * port I/O and MMIO go to the VM's buses, anything else returns. Call it
  * from the vCPU's own thread; it can run again after any return but ERROR. */
 VmmVcpuExit vmm_vcpu_run(VmmVcpu *vcpu, GError **error);
+
+/* A multi-line report of the stopped vCPU for a crash message: general and
+ * special registers, pending events and the last exits. Call it on the vCPU's
+ * thread (or while it is not running); g_free() the result. */
+char *vmm_vcpu_describe(VmmVcpu *vcpu);
 
 /* Makes vmm_vcpu_run() return VMM_VCPU_EXIT_STOPPED soon, from any thread:
  * sets kvm_run.immediate_exit and signals the vCPU thread with

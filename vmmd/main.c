@@ -1,6 +1,7 @@
 /* vmmd: parse the command line, fork the spawner, open what the helpers will
  * need, enter the sandbox, start the helpers and serve QMP until told to quit. */
 #include "vmmd/vmmd.h"
+#include "vmmd/memory-backend.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/profiles.h"
@@ -222,6 +223,12 @@ static gboolean open_host_resources(Vmmd *d, GError **error)
     if (d->kvm_fd < 0)
         vmm_info("/dev/kvm: %s; KVM is not available", g_strerror(errno));
     d->kmsg_fd = vmm_seccomp_log_open();
+    /* Before the sandbox, so a bad mem-path is a startup error, as in QEMU. */
+    if (d->config->vm) {
+        d->guest_ram = g_new0(VmmGuestRam, 1);
+        if (!vmm_guest_ram_open(d->config->vm, d->guest_ram, error))
+            return FALSE;
+    }
     for (guint i = 0; i < d->config->qmp->len; i++) {
         VmmQmpServer *s = vmm_qmp_start(d, d->config->qmp->pdata[i], error);
         if (!s)
@@ -284,6 +291,10 @@ static int run(VmmConfig *config)
     }
     if (d.kvm_fd >= 0)
         close(d.kvm_fd);
+    if (d.guest_ram) {
+        vmm_guest_ram_release(d.guest_ram, d.exit_code == 0);
+        g_free(d.guest_ram);
+    }
     if (d.kmsg_fd >= 0)
         close(d.kmsg_fd);
     daemon_report(d.exit_code ? 1 : 0);

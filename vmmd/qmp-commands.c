@@ -1,5 +1,7 @@
 /* The QMP commands vmmd answers. */
 #include "vmmd/qmp.h"
+#include "vmmd/memory-backend.h"
+#include "vmmd/drive-run.h"
 #include "common/log.h"
 #include "proto/control.h"
 
@@ -146,6 +148,23 @@ static void cmd_query_kvm(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
         vmm_qmp_error(req, "GenericError", "vcpu-worker is not reachable");
 }
 
+static void cmd_query_block(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    JsonArray *list = vmm_drives_query_block(d);
+    vmm_qmp_return(req, json_node_init_array(json_node_alloc(), list));
+    json_array_unref(list);
+}
+
+/* query-memdev: the guest's RAM backend (QEMU lists "microvm.ram" for -m). */
+static void cmd_query_memdev(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    JsonArray *list = json_array_new();
+    if (d->guest_ram)
+        json_array_add_object_element(list, vmm_guest_ram_memdev_info(d->guest_ram));
+    vmm_qmp_return(req, json_node_init_array(json_node_alloc(), list));
+    json_array_unref(list);
+}
+
 static const VmmQmpCommand commands[] = {
     { "qmp_capabilities", cmd_qmp_capabilities, (const char *const[]){ "enable", NULL } },
     { "query-version", cmd_query_version, NULL },
@@ -153,6 +172,8 @@ static const VmmQmpCommand commands[] = {
     { "query-status", cmd_query_status, NULL },
     { "query-name", cmd_query_name, NULL },
     { "query-kvm", cmd_query_kvm, NULL },
+    { "query-block", cmd_query_block, NULL },
+    { "query-memdev", cmd_query_memdev, NULL },
     { "query-helpers", cmd_query_helpers, NULL },
     { "quit", cmd_quit, NULL },
 };

@@ -35,6 +35,7 @@ void vmm_vm_config_init(VmmVmConfig *vm)
     vm->cpu_features = g_ptr_array_new_with_free_func(g_free);
     vm->serials = g_ptr_array_new_with_free_func(serial_free);
     vm->objects = g_ptr_array_new_with_free_func(object_free);
+    vmm_drive_set_init(&vm->drives);
 }
 
 void vmm_vm_config_clear(VmmVmConfig *vm)
@@ -47,6 +48,7 @@ void vmm_vm_config_clear(VmmVmConfig *vm)
     g_free(vm->append);
     g_ptr_array_unref(vm->serials);
     g_ptr_array_unref(vm->objects);
+    vmm_drive_set_clear(&vm->drives);
     memset(vm, 0, sizeof(*vm));
 }
 
@@ -109,6 +111,7 @@ static gboolean apply_memory(VmmVmConfig *vm, const char *value, GError **error)
         return FALSE;
     }
     vm->ram_size = size;
+    vm->ram_size_set = vm->ram_size_set || vmm_opts_has(o, "size");
     vm->maxmem = maxmem;
     vm->mem_slots = slots;
     return TRUE;
@@ -440,14 +443,35 @@ static gboolean apply_accel(VmmVmConfig *vm, const char *value, GError **error)
     return TRUE;
 }
 
+/* ---- -device ---- */
+
+/* The device models vmmd has; each driver's properties are parsed by its
+ * owner (virtio-blk-device: drive.c). */
+static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_now, GError **error)
+{
+    g_autofree char *driver = g_strndup(value, strcspn(value, ","));
+    if (vmm_opts_wants_help(value) && !strchr(value, ',')) {
+        printf("Block devices:\nname \"virtio-blk-device\", bus virtio-bus\n");
+        *exit_now = TRUE;
+        return TRUE;
+    }
+    if (g_str_has_prefix(driver, "driver="))
+        memmove(driver, driver + 7, strlen(driver + 7) + 1);
+    if (vmm_drive_device_is_block(driver))
+        return vmm_blk_device_parse(&vm->drives, value, error);
+    g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "-device %s: '%s' is not a valid device model name",
+                value, driver);
+    return FALSE;
+}
+
 /* ---- dispatch ---- */
 
 static const char *const options_with_arg[] = {
     "machine", "M", "m", "smp", "cpu", "kernel", "initrd", "append", "serial", "object",
-    "accel", NULL,
+    "accel", "drive", "blockdev", "device", NULL,
 };
 static const char *const flags[] = {
-    "nographic", "no-reboot", "no-shutdown", "S", "enable-kvm", NULL,
+    "nographic", "no-reboot", "no-shutdown", "S", "enable-kvm", "snapshot", NULL,
 };
 
 gboolean vmm_vm_option_takes_arg(const char *opt)
@@ -488,6 +512,8 @@ static gboolean apply_flag(VmmVmConfig *vm, const char *opt, GError **error)
         vm->start_paused = TRUE;
     else if (g_str_equal(opt, "enable-kvm"))
         return vmm_machine_set_accel(&vm->machine, "kvm", error);
+    else if (g_str_equal(opt, "snapshot"))
+        vm->drives.snapshot = TRUE;
     return TRUE;
 }
 
@@ -527,6 +553,12 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
         return apply_object(vm, value, error);
     else if (g_str_equal(opt, "accel"))
         return print_help_for(&accel_spec, value, exit_now) || apply_accel(vm, value, error);
+    else if (g_str_equal(opt, "drive"))
+        return vmm_drive_parse(&vm->drives, value, error);
+    else if (g_str_equal(opt, "blockdev"))
+        return vmm_blockdev_parse(&vm->drives, value, error);
+    else if (g_str_equal(opt, "device"))
+        return apply_device(vm, value, exit_now, error);
     else
         return apply_flag(vm, opt, error);
     return TRUE;
@@ -534,6 +566,8 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
 
 gboolean vmm_vm_config_finish(VmmVmConfig *vm, GError **error)
 {
+    if (!vmm_drives_finish(&vm->drives, error))
+        return FALSE;
     if (!vm->maxmem)
         vm->maxmem = vm->ram_size;
     if (!resolve_smp(vm, error))
@@ -545,6 +579,15 @@ gboolean vmm_vm_config_finish(VmmVmConfig *vm, GError **error)
             g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "Memory backend '%s' not found", backend);
             return FALSE;
         }
+        /* The backend is the RAM: -m may only repeat its size. */
+        if (vm->ram_size_set && vm->ram_size != o->size) {
+            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                        "Machine memory size does not match the size of the memory backend");
+            return FALSE;
+        }
+        vm->ram_size = o->size;
+        if (vm->maxmem < vm->ram_size)
+            vm->maxmem = vm->ram_size;
     }
     return TRUE;
 }

@@ -3,6 +3,7 @@
  * (docs/machine.md). */
 #pragma once
 #include "vmmd/machine.h"
+#include "vmmd/drive.h"
 
 typedef enum {
     VMM_SERIAL_STDIO,
@@ -36,6 +37,7 @@ typedef struct {
 typedef struct VmmVmConfig {
     VmmMachineConfig machine;
     guint64 ram_size;          /* -m; 128 MiB by default, as QEMU */
+    gboolean ram_size_set;     /* -m size= was given (else a memory backend's size rules) */
     guint64 maxmem;            /* -m maxmem=, else ram_size */
     guint64 mem_slots;         /* -m slots= */
     /* -smp as given (0: absent), then resolved by vmm_vm_config_finish. */
@@ -46,6 +48,7 @@ typedef struct VmmVmConfig {
     gboolean nographic, no_reboot, no_shutdown, start_paused;
     GPtrArray *serials;        /* VmmSerialConfig*, one per -serial */
     GPtrArray *objects;        /* VmmObjectConfig* */
+    VmmDriveSet drives;        /* -drive, -blockdev, -device virtio-blk-device, -snapshot */
 } VmmVmConfig;
 
 void vmm_vm_config_init(VmmVmConfig *vm);

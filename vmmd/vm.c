@@ -1,5 +1,7 @@
 /* vmmd's side of running the guest: see vm.h. */
 #include "vmmd/vm.h"
+#include "vmmd/drive-run.h"
+#include "vmmd/memory-backend.h"
 #include "vmmd/vm-options.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -17,21 +19,6 @@ static void close_fds(int *fds, guint n)
             close(fds[i]);
         fds[i] = -1;
     }
-}
-
-static int create_guest_ram(guint64 size, GError **error)
-{
-    int fd = memfd_create("guest-ram", MFD_CLOEXEC);
-    if (fd < 0) {
-        vmm_set_errno(error, errno, "guest RAM: memfd_create");
-        return -1;
-    }
-    if (ftruncate(fd, (off_t)size) < 0) {
-        vmm_set_errno(error, errno, "guest RAM: ftruncate to %" G_GUINT64_FORMAT " bytes", size);
-        close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 static int open_image(const char *path, const char *what, GError **error)
@@ -70,8 +57,15 @@ void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
 
     if (!vm || !vm->kernel || d->quitting)
         return;
-    fds[0] = create_guest_ram(vm->ram_size, &err);
-    if (fds[0] >= 0)
+    if (!vmm_drives_ready(d)) {
+        /* The guest's disks must be attached first; drive-run.c calls again. */
+        vmm_drives_defer_vm_start(d, hp);
+        return;
+    }
+    fds[0] = d->guest_ram ? dup(d->guest_ram->fd) : -1;
+    if (fds[0] < 0)
+        vmm_set_errno(&err, errno, "guest RAM: no memory backend fd to hand over");
+    else
         fds[1] = open_image(vm->kernel, "-kernel", &err);
     if (fds[1] >= 0 && vm->initrd) {
         fds[2] = open_image(vm->initrd, "-initrd", &err);
@@ -83,7 +77,7 @@ void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
         return;
     }
     JsonObject *args = json_object_new();
-    json_object_set_int_member(args, "ram-size", (gint64)vm->ram_size);
+    vmm_guest_ram_describe(d->guest_ram, args);
     json_object_set_int_member(args, "vcpus", (gint64)MAX(vm->cpus, 1));
     if (vm->append)
         json_object_set_string_member(args, "cmdline", vm->append);

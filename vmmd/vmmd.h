@@ -62,6 +62,8 @@ struct Vmmd {
     void (*on_helpers_up)(Vmmd *d);
     void (*on_all_stopped)(Vmmd *d); /* pending vmm_supervisor_stop_all callback */
     GHashTable *early_exits;         /* pid -> status of children reaped before the spawn reply */
+    struct DriveRuntime *drive_rt;   /* the VM's disks at run time (drive-run.c) */
+    struct VmmGuestRam *guest_ram;   /* the guest's RAM fd, owned here (memory-backend.c) */
 };
 
 /* spawner.c: the small process that forks helpers even under spawn=deny. */

@@ -2,6 +2,7 @@
  * defaults and messages. vmmd's sources are not a library yet, so the files
  * under test are included. */
 #include "vmmd/machine.c"
+#include "vmmd/drive.c"
 #include "vmmd/vm-options.c"
 
 #include <glib.h>

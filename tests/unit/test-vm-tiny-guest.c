@@ -181,7 +181,7 @@ static gboolean tiny_vm_open(TinyVm *t, gboolean irqchip)
     t->ram_fd = memfd_create("guest-ram", MFD_CLOEXEC);
     g_assert_cmpint(t->ram_fd, >=, 0);
     g_assert_cmpint(ftruncate(t->ram_fd, GUEST_RAM), ==, 0);
-    g_assert_no_error((vmm_vm_map_ram(&t->vm, t->ram_fd, GUEST_RAM, &error), error));
+    g_assert_no_error((vmm_vm_map_ram(&t->vm, t->ram_fd, GUEST_RAM, NULL, &error), error));
     t->vcpu = vmm_vcpu_new(&t->vm, 0, &error);
     g_assert_no_error(error);
     g_assert_nonnull(t->vcpu);

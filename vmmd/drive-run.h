@@ -1,0 +1,24 @@
+/* The VM's disks at run time (docs/drives.md). For each virtio-blk device
+ * vmmd opens the drive's images (drive-files.h), makes a socketpair, and
+ * sends blockd "drive-add" with the image fds and one end; the other end goes
+ * to vcpu-worker in "drive-attach", whose NBD client does the handshake. The
+ * guest starts (vm-start) once every device is attached.
+ *
+ * When blockd is restarted, every drive is added again with fresh fds and a
+ * fresh socketpair, and vcpu-worker gets the new end in "drive-reconnect": its
+ * NBD client resubmits what was in flight and the guest sees no error. */
+#pragma once
+#include "vmmd/vmmd.h"
+
+/* A helper came up (RESTARTED: not for the first time). */
+void vmm_drives_helper_up(Vmmd *d, VmmHelperProc *hp, gboolean restarted);
+/* Every device attached in vcpu-worker (TRUE without devices). */
+gboolean vmm_drives_ready(Vmmd *d);
+/* vm.c: the guest waits for the drives; vmm_vm_start() is called again once
+ * they are ready. */
+void vmm_drives_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu);
+/* vcpu-worker's drive events (BLOCK_IO_ERROR); FALSE if NAME is not one. */
+gboolean vmm_drives_handle_event(Vmmd *d, const char *name, JsonObject *data);
+/* QMP query-block's list, QEMU's shape. */
+JsonArray *vmm_drives_query_block(Vmmd *d);
+void vmm_drives_free(Vmmd *d);

@@ -20,6 +20,7 @@
 #define VMM_CMD_DRIVE_ADD "drive-add"         /* vmmd -> blockd: {"id","files":[..],...}, fds [socket, images.., overlay?] -> {"size",..} */
 #define VMM_CMD_DRIVE_ATTACH "drive-attach"   /* vmmd -> vcpu-worker: {"id","serial"?,...}, fds [socket] -> {"size","read-only"} */
 #define VMM_CMD_DRIVE_RECONNECT "drive-reconnect" /* vmmd -> vcpu-worker: {"id"}, fds [socket] -> {} */
+#define VMM_CMD_RNG_ATTACH "rng-attach"       /* vmmd -> vcpu-worker: {"id"}, fds [entropy source] -> {} */
 #define VMM_EVENT_DRIVE_IO_ERROR "drive-io-error" /* vcpu-worker -> vmmd: {"id","operation","action","errno","reason"} */
 
 /* Events */

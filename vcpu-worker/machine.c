@@ -3,6 +3,7 @@
 #include "vcpu-worker/machine.h"
 #include "vcpu-worker/acpi.h"
 #include "vcpu-worker/disks.h"
+#include "vcpu-worker/rngs.h"
 #include "vcpu-worker/i8042.h"
 #include "vcpu-worker/serial.h"
 #include "vcpu-worker/vm.h"
@@ -16,16 +17,29 @@
 /* Bigger than any kernel or initrd a microvm guest boots from. */
 #define MAX_IMAGE_SIZE (1ULL << 30)
 
+typedef struct {
+    struct VmmMachine *m;
+    VmmVcpu *vcpu;
+    GThread *thread;
+} VmmMachineCpu;
+
 struct VmmMachine {
     uv_async_t ended_async;     /* first: its close callback frees the machine */
     VmmVm vm;
     gboolean vm_ready;
-    VmmVcpu *vcpu;
-    GThread *thread;
+    guint n_vcpus;
+    VmmMachineCpu *cpus;        /* n_vcpus of them; cpus[0] is the boot vCPU */
+    /* Pause: vCPU threads park under run_lock while PAUSED; PARKED counts them. */
+    GMutex run_lock;
+    GCond run_cond;
+    gboolean paused;
+    guint parked;
     VmmSerial *com1;
     VmmIrqLine com1_irq;
     VmmI8042 *i8042;
+    gint ged_events;            /* atomic: the GED's event selector, read clears */
     struct VmmDisks *disks;     /* plugged into the VM's virtio-mmio slots */
+    struct VmmRngs *rngs;       /* in the slots after the drives */
 
     gboolean async_open;        /* closed only by vmm_machine_free */
     gint ended;                 /* atomic: 0 until the first end wins */
@@ -47,6 +61,14 @@ const char *vmm_machine_end_name(VmmMachineEnd end)
 
 /* ---- The guest's end ------------------------------------------------------ */
 
+static void kick_all(VmmMachine *m)
+{
+    for (guint i = 0; i < m->n_vcpus; i++) {
+        if (m->cpus[i].vcpu)
+            vmm_vcpu_kick(m->cpus[i].vcpu);
+    }
+}
+
 /* From any thread; the first end counts, later ones are dropped. */
 static void machine_end(VmmMachine *m, VmmMachineEnd end, const char *reason)
 {
@@ -54,8 +76,10 @@ static void machine_end(VmmMachine *m, VmmMachineEnd end, const char *reason)
         return;
     m->end = end;
     m->reason = g_strdup(reason);
-    if (m->vcpu)
-        vmm_vcpu_kick(m->vcpu);
+    kick_all(m);
+    g_mutex_lock(&m->run_lock);
+    g_cond_broadcast(&m->run_cond);     /* a pause waiting for this vCPU, or a parked one */
+    g_mutex_unlock(&m->run_lock);
     uv_async_send(&m->ended_async);
 }
 
@@ -170,6 +194,40 @@ static void acpi_regs_write(void *opaque, guint64 offset, const guint8 *data, gu
 
 static const VmmBusOps acpi_regs_ops = { .read = acpi_regs_read, .write = acpi_regs_write };
 
+/* The GED's event selector: the DSDT's _EVT reads it (32-bit) and acts on
+ * every bit set; reading clears it, so an event is handled once. */
+static void ged_read(void *opaque, guint64 offset, guint8 *data, guint32 len)
+{
+    VmmMachine *m = opaque;
+    guint32 sel = offset == 0 && len == 4 ? (guint32)g_atomic_int_and(&m->ged_events, 0) : 0;
+    memcpy(data, &sel, MIN(len, 4u));
+    if (len > 4)
+        memset(data + 4, 0, len - 4);
+}
+
+static void ged_write(void *opaque, guint64 offset, const guint8 *data, guint32 len)
+{
+    /* Read-only: the field is WriteAsZeros, nothing to do. */
+}
+
+static const VmmBusOps ged_ops = { .read = ged_read, .write = ged_write };
+
+static gboolean add_ged(VmmMachine *m, GError **error)
+{
+    return vmm_bus_add(m->vm.mmio, "acpi ged", VMM_ACPI_GED_EVT_ADDR, 4, &ged_ops, m, error);
+}
+
+void vmm_machine_powerdown(VmmMachine *m)
+{
+    g_atomic_int_or(&m->ged_events, VMM_ACPI_GED_EVT_POWERDOWN);
+    if (!m->vm.irqchip)
+        return;
+    /* Edge-triggered GSI 9: the rising edge is the event. */
+    VmmIrqLine line = { .vm = &m->vm, .gsi = VMM_GED_IRQ };
+    vmm_irq_line_set(&line, TRUE);
+    vmm_irq_line_set(&line, FALSE);
+}
+
 static gboolean add_devices(VmmMachine *m, GError **error)
 {
     VmmSerialHost com1_host = { .write = com1_output, .set_irq = com1_set_irq, .opaque = m };
@@ -227,9 +285,12 @@ static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInf
 {
     static const VmmSerialPort com1 = { .port = VMM_SERIAL_COM1_BASE, .irq = VMM_SERIAL_COM1_IRQ };
     VmmVirtioMmioSlot virtio[VMM_VIRTIO_MMIO_MAX];
+    guint n_disks = vmm_disks_slots(spec->disks, virtio, VMM_VIRTIO_MMIO_MAX);
     VmmGuestConfig cfg = {
         .ram_size = spec->ram_size, .ncpus = MAX(spec->vcpus, 1), .serial = &com1, .n_serial = 1,
-        .virtio = virtio, .n_virtio = vmm_disks_slots(spec->disks, virtio, VMM_VIRTIO_MMIO_MAX),
+        .virtio = virtio,
+        .n_virtio = n_disks + vmm_rngs_slots(spec->rngs, n_disks, virtio + n_disks,
+                                             VMM_VIRTIO_MMIO_MAX - n_disks),
     };
     VmmAcpiTables tables;
     g_autofree guint8 *kernel = NULL, *initrd = NULL;
@@ -251,12 +312,30 @@ static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInf
 
 /* ---- The vCPU thread -------------------------------------------------------- */
 
+/* Parks the calling vCPU thread while the machine is paused. */
+static void wait_while_paused(VmmMachine *m)
+{
+    g_mutex_lock(&m->run_lock);
+    if (m->paused && !g_atomic_int_get(&m->ended)) {
+        m->parked++;
+        g_cond_broadcast(&m->run_cond);
+        while (m->paused && !g_atomic_int_get(&m->ended))
+            g_cond_wait(&m->run_cond, &m->run_lock);
+        m->parked--;
+    }
+    g_mutex_unlock(&m->run_lock);
+}
+
 static gpointer vcpu_thread(gpointer data)
 {
-    VmmMachine *m = data;
-    while (!g_atomic_int_get(&m->ended)) {
+    VmmMachineCpu *cpu = data;
+    VmmMachine *m = cpu->m;
+    for (;;) {
+        wait_while_paused(m);
+        if (g_atomic_int_get(&m->ended))
+            break;
         g_autoptr(GError) err = NULL;
-        VmmVcpuExit exit = vmm_vcpu_run(m->vcpu, &err);
+        VmmVcpuExit exit = vmm_vcpu_run(cpu->vcpu, &err);
         switch (exit) {
         case VMM_VCPU_EXIT_HLT:
             /* Only without the irqchip: no interrupt can wake it. */
@@ -270,7 +349,7 @@ static gpointer vcpu_thread(gpointer data)
             break;
         case VMM_VCPU_EXIT_SHUTDOWN: {
             /* A triple fault says nothing by itself: leave the state behind. */
-            g_autofree char *state = vmm_vcpu_describe(m->vcpu);
+            g_autofree char *state = vmm_vcpu_describe(cpu->vcpu);
             vmm_warn("guest triple fault: %s", state);
             machine_end(m, VMM_MACHINE_END_RESET, "guest-triple-fault");
             break;
@@ -281,7 +360,7 @@ static gpointer vcpu_thread(gpointer data)
         case VMM_VCPU_EXIT_STOPPED:
             break;      /* a kick: the loop condition decides */
         case VMM_VCPU_EXIT_ERROR:
-            machine_end(m, VMM_MACHINE_END_ERROR, err ? err->message : "vCPU 0 failed");
+            machine_end(m, VMM_MACHINE_END_ERROR, err ? err->message : "a vCPU failed");
             break;
         }
     }
@@ -289,6 +368,58 @@ static gpointer vcpu_thread(gpointer data)
 }
 
 /* ---- Life cycle ----------------------------------------------------------- */
+
+/* vCPU 0 starts at the kernel's entry; the others are application processors
+ * that the in-kernel LAPIC keeps waiting (KVM's mp_state for a vCPU that is
+ * not the BSP) until the guest sends them INIT and SIPI. */
+static gboolean create_vcpus(VmmMachine *m, const VmmBootInfo *boot, GError **error)
+{
+    for (guint i = 0; i < m->n_vcpus; i++) {
+        m->cpus[i].m = m;
+        m->cpus[i].vcpu = vmm_vcpu_new(&m->vm, i, error);
+        if (!m->cpus[i].vcpu)
+            return FALSE;
+    }
+    return vmm_vcpu_load_boot_state(m->cpus[0].vcpu, &boot->cpu, error);
+}
+
+static void start_vcpu_threads(VmmMachine *m)
+{
+    for (guint i = 0; i < m->n_vcpus; i++) {
+        g_autofree char *name = g_strdup_printf("vcpu%u", i);
+        m->cpus[i].thread = g_thread_new(name, vcpu_thread, &m->cpus[i]);
+    }
+}
+
+void vmm_machine_pause(VmmMachine *m)
+{
+    g_mutex_lock(&m->run_lock);
+    m->paused = TRUE;
+    g_mutex_unlock(&m->run_lock);
+    kick_all(m);
+    /* Back only when every vCPU is out of KVM_RUN: the caller may then read
+     * or change guest state. A thread that ends is as good as parked. */
+    g_mutex_lock(&m->run_lock);
+    while (m->parked < m->n_vcpus && !g_atomic_int_get(&m->ended))
+        g_cond_wait(&m->run_cond, &m->run_lock);
+    g_mutex_unlock(&m->run_lock);
+}
+
+void vmm_machine_resume(VmmMachine *m)
+{
+    g_mutex_lock(&m->run_lock);
+    m->paused = FALSE;
+    g_cond_broadcast(&m->run_cond);
+    g_mutex_unlock(&m->run_lock);
+}
+
+gboolean vmm_machine_paused(VmmMachine *m)
+{
+    g_mutex_lock(&m->run_lock);
+    gboolean paused = m->paused;
+    g_mutex_unlock(&m->run_lock);
+    return paused;
+}
 
 VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec *spec,
                               VmmMachineEndFn on_end, gpointer user, GError **error)
@@ -299,6 +430,10 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
 
     m->on_end = on_end;
     m->user = user;
+    m->n_vcpus = MAX(spec->vcpus, 1);
+    m->cpus = g_new0(VmmMachineCpu, m->n_vcpus);
+    g_mutex_init(&m->run_lock);
+    g_cond_init(&m->run_cond);
     uv_async_init(loop, &m->ended_async, on_ended_async);
     m->ended_async.data = m;
     m->async_open = TRUE;
@@ -312,19 +447,28 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
         goto fail;
     m->vm_ready = TRUE;
     if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, &spec->ram_mapping, error) ||
-        !load_guest(m, spec, &boot, error) || !add_devices(m, error))
+        !load_guest(m, spec, &boot, error) || !add_devices(m, error) || !add_ged(m, error))
         goto fail;
     m->disks = spec->disks;
     if (!vmm_disks_plug(m->disks, &m->vm, error))
         goto fail;
-    m->vcpu = vmm_vcpu_new(&m->vm, 0, error);
-    if (!m->vcpu || !vmm_vcpu_load_boot_state(m->vcpu, &boot.cpu, error))
+    if (vmm_disks_count(m->disks) + vmm_rngs_count(spec->rngs) > VMM_VIRTIO_MMIO_MAX) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%u virtio devices: the machine has %d "
+                    "virtio-mmio slots", vmm_disks_count(m->disks) + vmm_rngs_count(spec->rngs),
+                    VMM_VIRTIO_MMIO_MAX);
         goto fail;
-    if (spec->vcpus > 1)
-        vmm_warn("vm-start: %u vCPUs asked for; only vCPU 0 runs for now", spec->vcpus);
-    m->thread = g_thread_new("vcpu0", vcpu_thread, m);
-    vmm_info("vm-start: %s kernel, entry 0x%" G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT " MiB RAM",
-             boot.kind == VMM_BOOT_PVH ? "PVH" : "bzImage", boot.entry, spec->ram_size >> 20);
+    }
+    m->rngs = spec->rngs;
+    if (!vmm_rngs_plug(m->rngs, &m->vm, vmm_disks_count(m->disks), error))
+        goto fail;
+    if (!create_vcpus(m, &boot, error))
+        goto fail;
+    m->paused = spec->start_paused;
+    start_vcpu_threads(m);
+    vmm_info("vm-start: %s kernel, entry 0x%" G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT " MiB RAM, "
+             "%u vCPU%s%s", boot.kind == VMM_BOOT_PVH ? "PVH" : "bzImage", boot.entry,
+             spec->ram_size >> 20, m->n_vcpus, m->n_vcpus == 1 ? "" : "s",
+             m->paused ? ", paused" : "");
     return m;
 
 fail:
@@ -338,11 +482,15 @@ void vmm_machine_stop(VmmMachine *m)
         return;
     /* The end this records reaches nobody: the owner is going away. */
     m->on_end = NULL;
-    if (m->thread) {
-        g_atomic_int_set(&m->ended, 1);
-        vmm_vcpu_kick(m->vcpu);
-        g_thread_join(m->thread);
-        m->thread = NULL;
+    g_atomic_int_set(&m->ended, 1);
+    g_mutex_lock(&m->run_lock);
+    g_cond_broadcast(&m->run_cond);     /* parked threads see the end */
+    g_mutex_unlock(&m->run_lock);
+    kick_all(m);
+    for (guint i = 0; i < m->n_vcpus; i++) {
+        if (m->cpus[i].thread)
+            g_thread_join(m->cpus[i].thread);
+        m->cpus[i].thread = NULL;
     }
 }
 
@@ -356,18 +504,26 @@ void vmm_machine_free(VmmMachine *m)
     if (!m)
         return;
     vmm_machine_stop(m);
-    vmm_vcpu_free(m->vcpu);
-    m->vcpu = NULL;
+    for (guint i = 0; i < m->n_vcpus; i++) {
+        vmm_vcpu_free(m->cpus[i].vcpu);
+        m->cpus[i].vcpu = NULL;
+    }
     vmm_serial_free(m->com1);
     m->com1 = NULL;
     vmm_i8042_free(m->i8042);
     m->i8042 = NULL;
     vmm_disks_unplug(m->disks);
     m->disks = NULL;
+    vmm_rngs_unplug(m->rngs);
+    m->rngs = NULL;
     if (m->vm_ready)
         vmm_vm_cleanup(&m->vm);
     m->vm_ready = FALSE;
     g_clear_pointer(&m->reason, g_free);
+    g_clear_pointer(&m->cpus, g_free);
+    m->n_vcpus = 0;
+    g_mutex_clear(&m->run_lock);
+    g_cond_clear(&m->run_cond);
     if (m->async_open)
         uv_close((uv_handle_t *)&m->ended_async, free_machine_memory);
     else

@@ -4,9 +4,8 @@
  * COM1 16550A (output to vcpu-worker's stderr, which is vmmd's), the i8042 and
  * the ACPI sleep/reset registers, and vCPU 0 on its own thread.
  *
- * Not yet: vCPUs beyond the first (vcpus > 1 is accepted, only vCPU 0 runs:
- * the APs would need INIT/SIPI handling), serial input, the GED event
- * register and the virtio-mmio transports.
+ * One thread per vCPU: vCPU 0 starts at the kernel's entry, the others wait
+ * in the in-kernel LAPIC for the guest's INIT/SIPI.
  *
  * The guest's end is reported on the helper's libuv loop: ACPI S5 (or, with
  * the in-kernel irqchip off, HLT) is "shutdown"; the ACPI reset register, the
@@ -34,7 +33,9 @@ typedef struct {
     int kernel_fd;              /* borrowed, read from offset 0 */
     int initrd_fd;              /* -1: none; borrowed */
     gboolean irqchip;           /* in-kernel irqchip and PIT */
+    gboolean start_paused;      /* -S: the vCPUs wait for vmm_machine_resume() */
     struct VmmDisks *disks;     /* the attached drives (disks.h), or NULL; borrowed */
+    struct VmmRngs *rngs;       /* the virtio-rng devices (rngs.h), or NULL; borrowed */
 } VmmMachineSpec;
 
 /* Called on LOOP's thread once, when the guest ends. REASON names the cause
@@ -47,7 +48,15 @@ typedef struct VmmMachine VmmMachine;
 /* Builds the machine on KVM's VM and starts vCPU 0. Errors name the step. */
 VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec *spec,
                               VmmMachineEndFn on_end, gpointer user, GError **error);
-/* Stops the vCPU thread (a kick) and joins it; touches nothing of the loop,
+/* Pause: every vCPU thread leaves KVM_RUN and waits; returns once they all
+ * do (or the guest ended). Resume lets them run again. Loop thread only. */
+void vmm_machine_pause(VmmMachine *m);
+void vmm_machine_resume(VmmMachine *m);
+gboolean vmm_machine_paused(VmmMachine *m);
+/* The ACPI power button (QMP system_powerdown): the GED's event bit and a
+ * pulse on its interrupt; the guest's ACPI code does the rest. Any thread. */
+void vmm_machine_powerdown(VmmMachine *m);
+/* Stops the vCPU threads (a kick) and joins them; touches nothing of the loop,
  * so it is what a helper calls once its loop is gone (the rest is left to
  * process exit). */
 void vmm_machine_stop(VmmMachine *m);

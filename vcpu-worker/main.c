@@ -5,6 +5,7 @@
 #include "common/profiles.h"
 #include "proto/control.h"
 #include "vcpu-worker/disks.h"
+#include "vcpu-worker/rngs.h"
 #include "vcpu-worker/kvm.h"
 #include "vcpu-worker/machine.h"
 
@@ -13,6 +14,7 @@
 static VmmKvm kvm = { .kvm_fd = -1, .vm_fd = -1 };
 static VmmMachine *machine;
 static VmmDisks *disks;         /* the drives vmmd attached (disks.h) */
+static VmmRngs *rngs;           /* the virtio-rng devices (rngs.h) */
 
 static void setup_kvm(VmmChannelRequest *req)
 {
@@ -85,6 +87,7 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
                 .dump = json_object_get_boolean_member_with_default(args, "dump-guest-core", FALSE),
             },
             .disks = disks,
+            .rngs = rngs,
         };
         machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &spec, on_guest_end, h, &err);
         if (machine)
@@ -139,6 +142,23 @@ static void drive_command(VmmHelper *h, VmmChannelRequest *req, gboolean reconne
         vmm_channel_reply_gerror(req, err);
 }
 
+/* rng-attach {id} with the entropy source as fd 0. */
+static void rng_attach(VmmChannelRequest *req)
+{
+    g_autoptr(GError) err = NULL;
+    int fd = vmm_channel_request_take_fd(req, 0);
+    if (fd < 0) {
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "rng-attach: no entropy fd was passed");
+        return;
+    }
+    if (!rngs)
+        rngs = vmm_rngs_new();
+    if (vmm_rngs_attach(rngs, vmm_channel_request_args(req), fd, &err))
+        vmm_channel_reply(req, NULL, NULL, 0);
+    else
+        vmm_channel_reply_gerror(req, err);
+}
+
 static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
 {
     const char *cmd = vmm_channel_request_command(req);
@@ -152,6 +172,8 @@ static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
         drive_command(h, req, FALSE);
     else if (g_str_equal(cmd, VMM_CMD_DRIVE_RECONNECT))
         drive_command(h, req, TRUE);
+    else if (g_str_equal(cmd, VMM_CMD_RNG_ATTACH))
+        rng_attach(req);
     else
         return FALSE;
     return TRUE;
@@ -164,6 +186,8 @@ static void cleanup(VmmHelper *h)
     machine = NULL;
     vmm_disks_free(disks);
     disks = NULL;
+    vmm_rngs_free(rngs);
+    rngs = NULL;
 }
 
 int main(int argc, char **argv)

@@ -2,6 +2,7 @@
  * need, enter the sandbox, start the helpers and serve QMP until told to quit. */
 #include "vmmd/vmmd.h"
 #include "vmmd/memory-backend.h"
+#include "vmmd/rng.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/profiles.h"
@@ -226,7 +227,7 @@ static gboolean open_host_resources(Vmmd *d, GError **error)
     /* Before the sandbox, so a bad mem-path is a startup error, as in QEMU. */
     if (d->config->vm) {
         d->guest_ram = g_new0(VmmGuestRam, 1);
-        if (!vmm_guest_ram_open(d->config->vm, d->guest_ram, error))
+        if (!vmm_guest_ram_open(d->config->vm, d->guest_ram, error) || !vmm_rng_open_sources(d, error))
             return FALSE;
     }
     for (guint i = 0; i < d->config->qmp->len; i++) {
@@ -291,6 +292,7 @@ static int run(VmmConfig *config)
     }
     if (d.kvm_fd >= 0)
         close(d.kvm_fd);
+    vmm_rng_close_sources(&d);
     if (d.guest_ram) {
         vmm_guest_ram_release(d.guest_ram, d.exit_code == 0);
         g_free(d.guest_ram);

@@ -1,5 +1,6 @@
 /* The VM's options: QEMU's syntax, defaults and error messages. */
 #include "vmmd/vm-options.h"
+#include "vmmd/rng.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/opts.h"
@@ -35,6 +36,7 @@ void vmm_vm_config_init(VmmVmConfig *vm)
     vm->cpu_features = g_ptr_array_new_with_free_func(g_free);
     vm->serials = g_ptr_array_new_with_free_func(serial_free);
     vm->objects = g_ptr_array_new_with_free_func(object_free);
+    vm->rng_devices = g_ptr_array_new_with_free_func(vmm_rng_device_free);
     vmm_drive_set_init(&vm->drives);
 }
 
@@ -48,6 +50,7 @@ void vmm_vm_config_clear(VmmVmConfig *vm)
     g_free(vm->append);
     g_ptr_array_unref(vm->serials);
     g_ptr_array_unref(vm->objects);
+    g_ptr_array_unref(vm->rng_devices);
     vmm_drive_set_clear(&vm->drives);
     memset(vm, 0, sizeof(*vm));
 }
@@ -451,7 +454,8 @@ static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_
 {
     g_autofree char *driver = g_strndup(value, strcspn(value, ","));
     if (vmm_opts_wants_help(value) && !strchr(value, ',')) {
-        printf("Block devices:\nname \"virtio-blk-device\", bus virtio-bus\n");
+        printf("Block devices:\nname \"virtio-blk-device\", bus virtio-bus\n\n"
+               "Misc devices:\nname \"virtio-rng-device\", bus virtio-bus\n");
         *exit_now = TRUE;
         return TRUE;
     }
@@ -459,6 +463,8 @@ static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_
         memmove(driver, driver + 7, strlen(driver + 7) + 1);
     if (vmm_drive_device_is_block(driver))
         return vmm_blk_device_parse(&vm->drives, value, error);
+    if (vmm_rng_device_is_rng(driver))
+        return vmm_rng_device_parse(vm, value, error);
     g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "-device %s: '%s' is not a valid device model name",
                 value, driver);
     return FALSE;
@@ -566,7 +572,7 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
 
 gboolean vmm_vm_config_finish(VmmVmConfig *vm, GError **error)
 {
-    if (!vmm_drives_finish(&vm->drives, error))
+    if (!vmm_drives_finish(&vm->drives, error) || !vmm_rng_devices_finish(vm, error))
         return FALSE;
     if (!vm->maxmem)
         vm->maxmem = vm->ram_size;

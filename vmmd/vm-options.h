@@ -49,6 +49,7 @@ typedef struct VmmVmConfig {
     GPtrArray *serials;        /* VmmSerialConfig*, one per -serial */
     GPtrArray *objects;        /* VmmObjectConfig* */
     VmmDriveSet drives;        /* -drive, -blockdev, -device virtio-blk-device, -snapshot */
+    GPtrArray *rng_devices;    /* VmmRngDevice*: -device virtio-rng-device (vmmd/rng.h) */
 } VmmVmConfig;
 
 void vmm_vm_config_init(VmmVmConfig *vm);

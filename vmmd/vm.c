@@ -2,6 +2,7 @@
 #include "vmmd/vm.h"
 #include "vmmd/drive-run.h"
 #include "vmmd/memory-backend.h"
+#include "vmmd/rng.h"
 #include "vmmd/vm-options.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -72,6 +73,11 @@ void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
         nfds = 3;
     }
     if (err) {
+        close_fds(fds, 3);
+        fail_guest_start(d, err->message);
+        return;
+    }
+    if (!vmm_rng_attach_all(d, hp, &err)) {
         close_fds(fds, 3);
         fail_guest_start(d, err->message);
         return;

@@ -64,6 +64,7 @@ struct Vmmd {
     GHashTable *early_exits;         /* pid -> status of children reaped before the spawn reply */
     struct DriveRuntime *drive_rt;   /* the VM's disks at run time (drive-run.c) */
     struct VmmGuestRam *guest_ram;   /* the guest's RAM fd, owned here (memory-backend.c) */
+    GArray *rng_fds;                 /* int: each virtio-rng device's entropy source (rng.c) */
 };
 
 /* spawner.c: the small process that forks helpers even under spawn=deny. */

@@ -4,6 +4,7 @@
  * sources are not a library yet, so the files under test are included. */
 #include "vmmd/machine.c"
 #include "vmmd/drive.c"
+#include "vmmd/rng.c"
 #include "vmmd/vm-options.c"
 #include "vmmd/drive-files.c"
 #include "blockd/block.h"

@@ -3,6 +3,7 @@
  * under test are included. */
 #include "vmmd/machine.c"
 #include "vmmd/drive.c"
+#include "vmmd/rng.c"
 #include "vmmd/vm-options.c"
 
 #include <glib.h>
@@ -264,6 +265,42 @@ static void test_help_exits(void)
     }
 }
 
+static void test_rng_device(void)
+{
+    VmmVmConfig vm;
+    expect_ok(&vm, (const char *const[]){ "-device", "virtio-rng-device", NULL });
+    g_assert_cmpuint(vm.rng_devices->len, ==, 1);
+    VmmRngDevice *r = vm.rng_devices->pdata[0];
+    g_assert_cmpstr(r->id, ==, "rng0");
+    g_assert_null(r->rng);
+    g_assert_cmpuint(r->max_bytes, ==, (guint64)G_MAXINT64);
+    g_assert_cmpuint(r->period_ms, ==, 65536);
+    vmm_vm_config_clear(&vm);
+
+    /* The object may come after the device, as QEMU creates objects first. */
+    expect_ok(&vm, (const char *const[]){ "-device", "virtio-rng-device,rng=r0,id=hw,max-bytes=1k,period=500",
+                                          "-object", "rng-random,id=r0,filename=/dev/random", NULL });
+    r = vm.rng_devices->pdata[0];
+    g_assert_cmpstr(r->id, ==, "hw");
+    g_assert_cmpstr(r->rng, ==, "r0");
+    g_assert_cmpuint(r->max_bytes, ==, 1024);
+    g_assert_cmpuint(r->period_ms, ==, 500);
+    g_assert_cmpstr(vmm_vm_config_find_object(&vm, "r0")->filename, ==, "/dev/random");
+    vmm_vm_config_clear(&vm);
+
+    expect_ok(&vm, (const char *const[]){ "-object", "rng-random,id=r0", "-device", "virtio-rng-device,rng=r0", NULL });
+    g_assert_cmpstr(vmm_vm_config_find_object(&vm, "r0")->filename, ==, "/dev/urandom");
+    vmm_vm_config_clear(&vm);
+
+    /* QEMU 7.2's messages. */
+    EXPECT_ERROR("Device 'nope' not found", "-device", "virtio-rng-device,rng=nope");
+    EXPECT_ERROR("Invalid parameter type for 'rng', expected: rng-backend",
+                 "-object", "memory-backend-memfd,id=m,size=1M", "-device", "virtio-rng-device,rng=m");
+    EXPECT_ERROR("Property 'virtio-rng-device.foo' not found", "-device", "virtio-rng-device,foo=1");
+    EXPECT_ERROR("'period' parameter expects a positive integer", "-device", "virtio-rng-device,period=0");
+    EXPECT_ERROR("'virtio-rnd-device' is not a valid device model name", "-device", "virtio-rnd-device");
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -275,5 +312,6 @@ int main(int argc, char **argv)
     g_test_add_func("/vm-options/serial", test_serial);
     g_test_add_func("/vm-options/objects", test_objects);
     g_test_add_func("/vm-options/help-exits", test_help_exits);
+    g_test_add_func("/vm-options/rng-device", test_rng_device);
     return g_test_run();
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Guest RAM from -object memory-backend-file / memory-backend-memfd, with the
+# The VM's -object backends: guest RAM from memory-backend-file /
+# memory-backend-memfd, and the entropy sources of virtio-rng, with the
 # tiny PVH guest (make-tiny-pvh --no-poweroff: it prints its marker and halts)
 # on this host's KVM. One case per run:
 #   file-shared   share=on,discard-data=on: vcpu-worker maps the file shared
@@ -10,12 +11,16 @@
 #   memfd         memory-backend-memfd: mapped shared, query-memdev's id and size
 #   mismatch      -m differs from the backend's size: QEMU's error, exit 1
 #   bad-path      mem-path in a missing directory: QEMU's error naming it, exit 1
+#   rng           two virtio-rng devices (built in, and rng-random on a file):
+#                 vcpu-worker holds /dev/urandom and the file, and took them
+#                 without an error
+#   rng-bad-file  rng-random,filename= missing: QEMU's error naming it, exit 1
 # Exits 77 (skip) when this host's /dev/kvm cannot create a VM.
 set -euo pipefail
 BIN=${VMM_BIN_DIR:?VMM_BIN_DIR must name the bin directory of the build}
 MAKE_TINY=${MAKE_TINY_PVH:?MAKE_TINY_PVH must name the make-tiny-pvh program}
 CASE=${1:?case}
-T=$(mktemp -d /tmp/vmm-memory.XXXXXX)
+T=$(mktemp -d /tmp/vmm-objects.XXXXXX)
 VMMD_PID=
 
 leftovers() {
@@ -46,6 +51,10 @@ case $CASE in
   memfd)        MEM=(-object "memory-backend-memfd,id=m0,size=16M" -machine memory-backend=m0 -m 16M) ;;
   mismatch)     MEM=(-object "memory-backend-memfd,id=m0,size=32M" -machine memory-backend=m0 -m 16M) ;;
   bad-path)     MEM=(-object "memory-backend-file,id=m0,size=16M,mem-path=$T/missing/ram" -machine memory-backend=m0) ;;
+  rng)          head -c 65536 /dev/urandom >"$T/entropy"
+                MEM=(-m 16M -device virtio-rng-device -device virtio-rng-device,rng=r1
+                     -object "rng-random,id=r1,filename=$T/entropy") ;;
+  rng-bad-file) MEM=(-m 16M -object "rng-random,id=r1,filename=$T/missing" -device virtio-rng-device,rng=r1) ;;
   *) fail "unknown case $CASE" ;;
 esac
 
@@ -55,7 +64,7 @@ run_vmmd() {
   VMMD_PID=$!
 }
 
-if [ "$CASE" = mismatch ] || [ "$CASE" = bad-path ]; then
+if [ "$CASE" = mismatch ] || [ "$CASE" = bad-path ] || [ "$CASE" = rng-bad-file ]; then
   run_vmmd
   rc=
   for _ in $(seq 100); do
@@ -66,6 +75,9 @@ if [ "$CASE" = mismatch ] || [ "$CASE" = bad-path ]; then
   if [ "$CASE" = mismatch ]; then
     grep -q "Machine memory size does not match the size of the memory backend" "$T/vmmd.log" ||
       fail "no size mismatch error"
+  elif [ "$CASE" = rng-bad-file ]; then
+    grep -q "Could not open '$T/missing': No such file or directory" "$T/vmmd.log" ||
+      fail "no error naming the entropy file"
   else
     grep -q "can't open backing store $T/missing/ram for guest RAM: No such file or directory" "$T/vmmd.log" ||
       fail "no backing store error naming the path"
@@ -99,6 +111,11 @@ case $CASE in
   file-private)
     [ "$(maps_line "$T/ram")" = rw-p ] || fail "the backing file is not mapped rw-p: $(grep "$T/ram" "/proc/$WORKER/maps")"
     [ "$(echo "$MEMDEV" | jq -c '.[0] | [.id, .share]')" = '["m0",false]' ] || fail "query-memdev: $MEMDEV" ;;
+  rng)
+    fds=$(ls -l "/proc/$WORKER/fd")
+    echo "$fds" | grep -q " -> /dev/urandom$" || fail "vcpu-worker does not hold /dev/urandom: $fds"
+    echo "$fds" | grep -q " -> $T/entropy$" || fail "vcpu-worker does not hold the rng-random file: $fds"
+    ! grep -q "virtio-rng" "$T/vmmd.log" || fail "virtio-rng complained: $(grep virtio-rng "$T/vmmd.log")" ;;
   memfd)
     [ "$(maps_line "memfd:guest-ram")" = rw-s ] || fail "the memfd is not mapped rw-s"
     [ "$(echo "$MEMDEV" | jq -c '.[0] | [.id, .size, .share]')" = "[\"m0\",$SIZE,true]" ] || fail "query-memdev: $MEMDEV" ;;

@@ -1,0 +1,156 @@
+/* One virtio-mmio device plugged into the running VM: see virtio-slot.h. */
+#include "vcpu-worker/virtio-slot.h"
+#include "vcpu-worker/boot.h"
+#include "common/error.h"
+#include "common/log.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct VmmVirtioSlot {
+    VmmVirtioSlotConfig cfg;
+    char *name;
+    VmmVm *vm;
+    VmmIrqLine irq;
+    int kick_fd, stop_fd;
+    gboolean ioeventfd, on_bus;
+    GThread *thread;
+};
+
+void vmm_virtio_slot_guest_mem(VmmVm *vm, VmmGuestMem *mem)
+{
+    guint64 low = vmm_guest_low_ram_size(vm->ram_size), high = vmm_guest_high_ram_size(vm->ram_size);
+    vmm_guest_mem_init(mem, vm->ram, low);
+    if (high)
+        vmm_guest_mem_add_region(mem, VMM_HIGH_RAM_START, vm->ram + low, high, NULL);
+}
+
+VmmVirtioMmioSlot vmm_virtio_slot_window(guint n)
+{
+    return (VmmVirtioMmioSlot){ .base = VMM_VIRTIO_MMIO_BASE + n * VMM_VIRTIO_MMIO_SIZE,
+                                .irq = VMM_VIRTIO_IRQ_BASE + n };
+}
+
+static guint64 window_base(const VmmVirtioSlot *s)
+{
+    return VMM_VIRTIO_MMIO_BASE + s->cfg.slot * VMM_VIRTIO_MMIO_SIZE;
+}
+
+static void mmio_read(void *opaque, guint64 offset, guint8 *data, guint32 len)
+{
+    VmmVirtioSlot *s = opaque;
+    vmm_virtio_mmio_access(s->cfg.transport, offset, data, len, false);
+}
+
+static void mmio_write(void *opaque, guint64 offset, const guint8 *data, guint32 len)
+{
+    VmmVirtioSlot *s = opaque;
+    guint8 buf[8];
+    memcpy(buf, data, MIN(len, sizeof(buf)));
+    vmm_virtio_mmio_access(s->cfg.transport, offset, buf, MIN(len, sizeof(buf)), true);
+}
+
+static const VmmBusOps mmio_ops = { .read = mmio_read, .write = mmio_write };
+
+/* A QueueNotify that reached the vCPU thread (no ioeventfd): the I/O thread
+ * does the work, as with one. */
+static void on_notify(void *opaque, unsigned queue)
+{
+    VmmVirtioSlot *s = opaque;
+    guint64 one = 1;
+    if (write(s->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        vmm_warn("%s: kick: %s", s->name, g_strerror(errno));
+}
+
+static void on_set_irq(void *opaque, bool level)
+{
+    VmmVirtioSlot *s = opaque;
+    if (s->vm->irqchip)
+        vmm_irq_line_set(&s->irq, level);
+}
+
+static gpointer io_thread(gpointer data)
+{
+    VmmVirtioSlot *s = data;
+    bool waiting = false;
+    for (;;) {
+        struct pollfd p[3] = {
+            { .fd = s->kick_fd, .events = POLLIN },
+            { .fd = s->stop_fd, .events = POLLIN },
+            { .fd = waiting ? s->cfg.wait_fd : -1, .events = POLLIN },
+        };
+        if (poll(p, 3, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
+            break;
+        guint64 n;
+        gboolean kicked = p[0].revents && read(s->kick_fd, &n, sizeof(n)) == sizeof(n);
+        if (kicked || p[2].revents)
+            waiting = s->cfg.work(s->cfg.opaque) && s->cfg.wait_fd >= 0;
+    }
+    return NULL;
+}
+
+static VmmIoEvent notify_event(const VmmVirtioSlot *s)
+{
+    return (VmmIoEvent){ .addr = window_base(s) + VIRTIO_MMIO_QUEUE_NOTIFY, .len = 4,
+                         .has_datamatch = FALSE };
+}
+
+VmmVirtioSlot *vmm_virtio_slot_plug(VmmVm *vm, const VmmVirtioSlotConfig *config, GError **error)
+{
+    VmmVirtioSlot *s = g_new0(VmmVirtioSlot, 1);
+    s->cfg = *config;
+    s->name = g_strdup(config->name);
+    s->cfg.name = s->name;
+    s->vm = vm;
+    s->irq = (VmmIrqLine){ .vm = vm, .gsi = VMM_VIRTIO_IRQ_BASE + config->slot };
+    s->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    s->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->kick_fd < 0 || s->stop_fd < 0) {
+        vmm_set_errno(error, errno, "%s: eventfd", s->name);
+        vmm_virtio_slot_unplug(s);
+        return NULL;
+    }
+    VmmIoEvent ev = notify_event(s);
+    g_autoptr(GError) local = NULL;
+    s->ioeventfd = vmm_vm_ioeventfd_add(vm, &ev, s->kick_fd, &local);
+    if (!s->ioeventfd)
+        vmm_info("%s: no ioeventfd (%s); kicks exit to the vCPU thread", s->name, local->message);
+    VmmVirtioMmioHost host = { .notify = on_notify, .set_irq = on_set_irq, .opaque = s };
+    vmm_virtio_mmio_set_host(s->cfg.transport, &host);
+    if (!vmm_bus_add(vm->mmio, s->name, window_base(s), VMM_VIRTIO_MMIO_SIZE, &mmio_ops, s, error)) {
+        vmm_virtio_slot_unplug(s);
+        return NULL;
+    }
+    s->on_bus = TRUE;
+    s->thread = g_thread_new("virtio-io", io_thread, s);
+    return s;
+}
+
+void vmm_virtio_slot_unplug(VmmVirtioSlot *s)
+{
+    if (!s)
+        return;
+    if (s->thread) {
+        guint64 one = 1;
+        if (write(s->stop_fd, &one, sizeof(one)) < 0)
+            vmm_warn("%s: stopping the I/O thread: %s", s->name, g_strerror(errno));
+        g_thread_join(s->thread);
+    }
+    if (s->ioeventfd) {
+        VmmIoEvent ev = notify_event(s);
+        vmm_vm_ioeventfd_remove(s->vm, &ev, s->kick_fd, NULL);
+    }
+    if (s->on_bus)
+        vmm_bus_remove(s->vm->mmio, window_base(s));
+    if (s->kick_fd >= 0)
+        close(s->kick_fd);
+    if (s->stop_fd >= 0)
+        close(s->stop_fd);
+    g_free(s->name);
+    g_free(s);
+}

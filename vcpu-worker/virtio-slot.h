@@ -1,0 +1,37 @@
+/* One virtio-mmio device plugged into the running VM: what every device of
+ * vcpu-worker needs around its transport. The register window on the MMIO bus
+ * (slot n: base 0xfeb00000 + n * 0x200, GSI 16 + n, as the DSDT describes
+ * it), QueueNotify on an ioeventfd (KVM does not exit to user space for a
+ * kick; a kick that does reach the vCPU thread is forwarded to the same fd),
+ * an I/O thread that runs the device's queue work when kicked, and the
+ * interrupt through KVM_IRQ_LINE. */
+#pragma once
+#include "vcpu-worker/guest-mem.h"
+#include "vcpu-worker/virtio-mmio.h"
+#include "vcpu-worker/vm.h"
+
+#include <stdbool.h>
+
+/* The device's queue work, on the slot's I/O thread. TRUE: requests wait
+ * for WAIT_FD to become readable (an entropy source that ran dry), and the
+ * thread calls again when it is. */
+typedef bool (*VmmVirtioSlotWorkFn)(void *opaque);
+
+typedef struct {
+    const char *name;              /* for the bus and messages: "virtio-rng 'rng0'" */
+    guint slot;
+    VmmVirtioMmio *transport;      /* the device's; borrowed */
+    VmmVirtioSlotWorkFn work;
+    void *opaque;
+    int wait_fd;                   /* -1: the work never waits on an fd */
+} VmmVirtioSlotConfig;
+
+typedef struct VmmVirtioSlot VmmVirtioSlot;
+
+/* Guest RAM of VM as devices see it (low RAM, then the part above 4 GiB). */
+void vmm_virtio_slot_guest_mem(VmmVm *vm, VmmGuestMem *mem);
+/* The ACPI description of slot N. */
+VmmVirtioMmioSlot vmm_virtio_slot_window(guint n);
+VmmVirtioSlot *vmm_virtio_slot_plug(VmmVm *vm, const VmmVirtioSlotConfig *config, GError **error);
+/* Stops the I/O thread, takes the window off the bus; NULL is fine. */
+void vmm_virtio_slot_unplug(VmmVirtioSlot *s);

@@ -3,14 +3,12 @@
 #include "vcpu-worker/blk-nbd.h"
 #include "vcpu-worker/guest-mem.h"
 #include "vcpu-worker/virtio-blk.h"
+#include "vcpu-worker/virtio-slot.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "proto/nbd.h"
 
-#include <errno.h>
-#include <poll.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 typedef struct {
@@ -25,11 +23,7 @@ typedef struct {
     VmmVm *vm;
     VmmGuestMem mem;
     VmmVirtioBlk *blk;
-    VmmIrqLine irq;
-    int kick_fd;               /* ioeventfd of QueueNotify, or written by the notify hook */
-    int stop_fd;
-    gboolean ioeventfd;
-    GThread *io_thread;
+    VmmVirtioSlot *plugged;    /* window, ioeventfd, I/O thread, IRQ (virtio-slot.h) */
 } Disk;
 
 typedef struct {
@@ -123,7 +117,6 @@ JsonObject *vmm_disks_attach(VmmDisks *d, JsonObject *args, int fd, GError **err
     k->read_only = json_object_get_boolean_member_with_default(args, "read-only", FALSE);
     k->writeback = json_object_get_boolean_member_with_default(args, "writeback", TRUE);
     k->discard = json_object_get_boolean_member_with_default(args, "discard", FALSE);
-    k->kick_fd = k->stop_fd = -1;
     if (!parse_action(args, "werror", "enospc", &k->werror, error) ||
         !parse_action(args, "rerror", "report", &k->rerror, error)) {
         close(fd);
@@ -168,42 +161,9 @@ guint vmm_disks_slots(VmmDisks *d, VmmVirtioMmioSlot *slots, guint max)
 {
     guint n = MIN(vmm_disks_count(d), max);
     for (guint i = 0; i < n; i++) {
-        slots[i].base = VMM_VIRTIO_MMIO_BASE + i * VMM_VIRTIO_MMIO_SIZE;
-        slots[i].irq = VMM_VIRTIO_IRQ_BASE + i;
+        slots[i] = vmm_virtio_slot_window(i);
     }
     return n;
-}
-
-static void mmio_read(void *opaque, guint64 offset, guint8 *data, guint32 len)
-{
-    Disk *k = opaque;
-    vmm_virtio_mmio_access(vmm_virtio_blk_transport(k->blk), offset, data, len, false);
-}
-
-static void mmio_write(void *opaque, guint64 offset, const guint8 *data, guint32 len)
-{
-    Disk *k = opaque;
-    guint8 buf[8];
-    memcpy(buf, data, MIN(len, sizeof(buf)));
-    vmm_virtio_mmio_access(vmm_virtio_blk_transport(k->blk), offset, buf, MIN(len, sizeof(buf)), true);
-}
-
-static const VmmBusOps mmio_ops = { .read = mmio_read, .write = mmio_write };
-
-/* A QueueNotify that reached us (no ioeventfd): wake the I/O thread. */
-static void on_notify(void *opaque, unsigned queue)
-{
-    Disk *k = opaque;
-    guint64 one = 1;
-    if (write(k->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-        vmm_warn("drive '%s': kick: %s", k->id, g_strerror(errno));
-}
-
-static void on_set_irq(void *opaque, bool level)
-{
-    Disk *k = opaque;
-    if (k->vm->irqchip)
-        vmm_irq_line_set(&k->irq, level);
 }
 
 static void on_io_error(void *opaque, VmmVirtioBlk *blk, VmmBlkErrorAction action, bool is_read, int err)
@@ -219,41 +179,18 @@ static void on_io_error(void *opaque, VmmVirtioBlk *blk, VmmBlkErrorAction actio
         uv_async_send(k->owner->async);
 }
 
-static gpointer io_thread(gpointer data)
+static bool blk_work(void *opaque)
 {
-    Disk *k = data;
-    struct pollfd p[2] = { { .fd = k->kick_fd, .events = POLLIN }, { .fd = k->stop_fd, .events = POLLIN } };
-    for (;;) {
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
-            break;
-        if (p[1].revents)
-            break;
-        guint64 n;
-        if (p[0].revents && read(k->kick_fd, &n, sizeof(n)) == sizeof(n))
-            vmm_virtio_mmio_process_queue(vmm_virtio_blk_transport(k->blk), 0);
-    }
-    return NULL;
-}
-
-static void guest_mem_of(VmmVm *vm, VmmGuestMem *mem)
-{
-    guint64 low = vmm_guest_low_ram_size(vm->ram_size), high = vmm_guest_high_ram_size(vm->ram_size);
-    vmm_guest_mem_init(mem, vm->ram, low);
-    if (high)
-        vmm_guest_mem_add_region(mem, VMM_HIGH_RAM_START, vm->ram + low, high, NULL);
-}
-
-static VmmIoEvent notify_event(Disk *k)
-{
-    return (VmmIoEvent){ .addr = VMM_VIRTIO_MMIO_BASE + k->slot * VMM_VIRTIO_MMIO_SIZE + VIRTIO_MMIO_QUEUE_NOTIFY,
-                         .len = 4, .has_datamatch = TRUE, .datamatch = 0 };
+    Disk *k = opaque;
+    vmm_virtio_mmio_process_queue(vmm_virtio_blk_transport(k->blk), 0);
+    return false;
 }
 
 static gboolean plug_one(Disk *k, VmmVm *vm, guint slot, GError **error)
 {
     k->vm = vm;
     k->slot = slot;
-    guest_mem_of(vm, &k->mem);
+    vmm_virtio_slot_guest_mem(vm, &k->mem);
     VmmVirtioBlkConfig cfg;
     vmm_virtio_blk_config_init(&cfg);
     guint16 flags = vmm_blk_nbd_flags(k->nbd);
@@ -272,24 +209,11 @@ static gboolean plug_one(Disk *k, VmmVm *vm, guint slot, GError **error)
     if (!k->blk)
         return FALSE;
     vmm_virtio_blk_set_io_error_hook(k->blk, on_io_error, k);
-    k->irq = (VmmIrqLine){ .vm = vm, .gsi = VMM_VIRTIO_IRQ_BASE + slot };
-    k->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    k->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (k->kick_fd < 0 || k->stop_fd < 0)
-        return vmm_set_errno(error, errno, "drive '%s': eventfd", k->id);
-    VmmIoEvent ev = notify_event(k);
-    g_autoptr(GError) local = NULL;
-    k->ioeventfd = vmm_vm_ioeventfd_add(vm, &ev, k->kick_fd, &local);
-    if (!k->ioeventfd)
-        vmm_info("drive '%s': no ioeventfd (%s); kicks exit to the vCPU thread", k->id, local->message);
-    VmmVirtioMmioHost host = { .notify = on_notify, .set_irq = on_set_irq, .opaque = k };
-    vmm_virtio_mmio_set_host(vmm_virtio_blk_transport(k->blk), &host);
     g_autofree char *name = g_strdup_printf("virtio-blk '%s'", k->id);
-    if (!vmm_bus_add(vm->mmio, name, VMM_VIRTIO_MMIO_BASE + slot * VMM_VIRTIO_MMIO_SIZE,
-                     VMM_VIRTIO_MMIO_SIZE, &mmio_ops, k, error))
-        return FALSE;
-    k->io_thread = g_thread_new("blk-io", io_thread, k);
-    return TRUE;
+    VmmVirtioSlotConfig sc = { .name = name, .slot = slot, .transport = vmm_virtio_blk_transport(k->blk),
+                               .work = blk_work, .opaque = k, .wait_fd = -1 };
+    k->plugged = vmm_virtio_slot_plug(vm, &sc, error);
+    return k->plugged != NULL;
 }
 
 gboolean vmm_disks_plug(VmmDisks *d, VmmVm *vm, GError **error)
@@ -311,31 +235,14 @@ gboolean vmm_disks_plug(VmmDisks *d, VmmVm *vm, GError **error)
 
 static void unplug_one(Disk *k)
 {
-    if (k->io_thread) {
-        guint64 one = 1;
-        if (write(k->stop_fd, &one, sizeof(one)) < 0)
-            vmm_warn("drive '%s': stopping the I/O thread: %s", k->id, g_strerror(errno));
-        g_thread_join(k->io_thread);
-        k->io_thread = NULL;
-    }
-    if (k->ioeventfd) {
-        VmmIoEvent ev = notify_event(k);
-        vmm_vm_ioeventfd_remove(k->vm, &ev, k->kick_fd, NULL);
-        k->ioeventfd = FALSE;
-    }
-    if (k->blk)
-        vmm_bus_remove(k->vm->mmio, VMM_VIRTIO_MMIO_BASE + k->slot * VMM_VIRTIO_MMIO_SIZE);
+    vmm_virtio_slot_unplug(k->plugged);
+    k->plugged = NULL;
     /* Requests still at the backend complete (with -EIO) into guest RAM
      * that is still mapped, then the device goes. */
     vmm_blk_nbd_free(k->nbd);
     k->nbd = NULL;
     vmm_virtio_blk_free(k->blk);
     k->blk = NULL;
-    if (k->kick_fd >= 0)
-        close(k->kick_fd);
-    if (k->stop_fd >= 0)
-        close(k->stop_fd);
-    k->kick_fd = k->stop_fd = -1;
 }
 
 void vmm_disks_unplug(VmmDisks *d)

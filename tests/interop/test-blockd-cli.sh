@@ -54,6 +54,16 @@ if qemu-io -f raw -c "write 0 4k" "nbd://127.0.0.1:$port/disk" >"$T/w.out" 2>&1 
   fail "write to a read-only export succeeded: $(cat "$T/w.out")"
 fi
 qemu-img compare -f raw -F raw "nbd://127.0.0.1:$port/disk" "$T/orig.raw" >/dev/null || fail "qcow2 export content"
+# vmm-img as the client of blockd: info, map (block status) and convert agree with qemu-img's.
+if [ -x "$BIN/vmm-img" ]; then
+  [ "$("$BIN/vmm-img" info --output=json "nbd://127.0.0.1:$port/disk" | jq '.["virtual-size"]')" = 67108864 ] ||
+    fail "vmm-img info over NBD"
+  "$BIN/vmm-img" map --output=json "nbd://127.0.0.1:$port/disk" | jq -c '.[] | [.start, .length, .data, .zero]' >"$T/map.ours"
+  qemu-img map --output=json "nbd://127.0.0.1:$port/disk" | jq -c '.[] | [.start, .length, .data, .zero]' >"$T/map.qemu"
+  cmp -s "$T/map.ours" "$T/map.qemu" || fail "vmm-img map over NBD differs from qemu-img's: $(diff "$T/map.ours" "$T/map.qemu")"
+  "$BIN/vmm-img" convert -O qcow2 "nbd://127.0.0.1:$port/disk" "$T/conv.qcow2" || fail "vmm-img convert from blockd"
+  qemu-img compare -f qcow2 -F raw "$T/conv.qcow2" "$T/orig.raw" >/dev/null || fail "vmm-img convert from blockd: content"
+fi
 kill -TERM "${PIDS[-1]}"; wait_gone "${PIDS[-1]}"
 
 # 3. Without --persistent blockd exits after its last client.

@@ -3,6 +3,8 @@
  * connection to PATH speaks the control protocol (proto/README.md); try
  * `vmmctl --control PATH query-nbd-exports`. */
 #include "blockd/daemon.h"
+#include "common/profiles.h"
+#include "common/sandbox.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/sdnotify.h"
@@ -88,16 +90,33 @@ static void close_handle(uv_handle_t *h, void *arg)
         uv_close(h, NULL);
 }
 
+/* The daemon opens images by name whenever an export is added, so unlike
+ * standalone blockd it keeps the filesystem groups; the filter still takes
+ * away everything else (no exec, no ptrace, no mount, ...). */
+static gboolean enter_sandbox(const char *spec, GError **error)
+{
+    VmmSandboxPolicy policy;
+    vmm_sandbox_policy_init(&policy);
+    if (!vmm_sandbox_policy_parse(spec ? spec : "on", &policy, error)) {
+        g_prefix_error(error, "--sandbox: ");
+        return FALSE;
+    }
+    return vmm_sandbox_enter(vmm_profile_for("blockd-daemon"), &policy, error);
+}
+
 int blockd_daemon_main(int argc, char **argv)
 {
     g_autofree char *control = NULL;
     g_auto(GStrv) listen = NULL;
     gboolean daemon_flag = FALSE;
+    g_autofree char *sandbox = NULL;
     GOptionEntry entries[] = {
         { "daemon", 0, 0, G_OPTION_ARG_NONE, &daemon_flag, "run as a daemon managed over --control", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &control, "control socket (SOCK_SEQPACKET)", "PATH" },
         { "listen", 0, 0, G_OPTION_ARG_STRING_ARRAY, &listen, "NBD address to serve (repeatable)",
           "unix:PATH|HOST:PORT" },
+        { "sandbox", 0, 0, G_OPTION_ARG_STRING, &sandbox,
+          "seccomp policy once listening, as vmmd's -sandbox (default on)", "on|off[,...]" },
         { NULL },
     };
     g_autoptr(GError) err = NULL;
@@ -126,6 +145,8 @@ int blockd_daemon_main(int argc, char **argv)
     uv_signal_init(&d.loop, &d.sigint);
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     signal(SIGPIPE, SIG_IGN);
+    if (!enter_sandbox(sandbox, &err))
+        goto out;
     vmm_sd_notify("READY=1", NULL);
     uv_run(&d.loop, UV_RUN_DEFAULT);
     vmm_sd_notify("STOPPING=1", NULL);

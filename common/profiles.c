@@ -11,6 +11,9 @@ static const char *const netfilterd_groups[] = { "base", "net", NULL };
 /* blockd FILE (the qemu-nbd role): once the image, its listening socket and
  * its credentials are open, it reads and writes only what it holds. */
 static const char *const blockd_standalone_groups[] = { "base", "file-io", "net", "unlink", NULL };
+/* blockd --daemon (the qemu-storage-daemon role): exports are added by file
+ * name at run time, so it keeps the filesystem; nothing else. */
+static const char *const blockd_daemon_groups[] = { "base", "fs-read", "fs-write", "file-io", "net", NULL };
 static const char *const spawner_groups[] = {
     "base", "fs-read", "fs-write", "file-io", "net", "kvm", "wait", "spawn", "xattr", NULL,
 };
@@ -22,6 +25,7 @@ static const VmmSandboxProfile profiles[] = {
     { "fsd", fsd_groups },
     { "netfilterd", netfilterd_groups },
     { "blockd-standalone", blockd_standalone_groups },
+    { "blockd-daemon", blockd_daemon_groups },
     { "spawner", spawner_groups },
 };
 

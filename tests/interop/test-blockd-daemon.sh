@@ -23,6 +23,8 @@ qemu-io -f qcow2 -c "write -P 0x62 4M 1M" "$T/b.qcow2" >/dev/null
 PID=$!
 for _ in $(seq 100); do [ -S "$T/ctl" ] && [ -S "$T/nbd.sock" ] && break; sleep 0.1; done
 [ -S "$T/ctl" ] || fail "no control socket"
+# It serves under its seccomp filter (the filesystem kept: exports come by name).
+grep -q "^Seccomp:[[:space:]]*2" "/proc/$PID/status" || fail "blockd --daemon is not under seccomp"
 
 ctl nbd-export-add name=a filename="$T/a.raw" format=raw >/dev/null || fail "add a"
 ctl nbd-export-add name=b filename="$T/b.qcow2" format=qcow2 read-only=true description=second >/dev/null || fail "add b"

@@ -24,6 +24,7 @@ PID=$!
 for _ in $(seq 100); do [ -S "$T/ctl" ] && [ -S "$T/nbd.sock" ] && break; sleep 0.1; done
 [ -S "$T/ctl" ] || fail "no control socket"
 # It serves under its seccomp filter (the filesystem kept: exports come by name).
+for _ in $(seq 50); do grep -q "^Seccomp:[[:space:]]*2" "/proc/$PID/status" && break; sleep 0.1; done
 grep -q "^Seccomp:[[:space:]]*2" "/proc/$PID/status" || fail "blockd --daemon is not under seccomp"
 
 ctl nbd-export-add name=a filename="$T/a.raw" format=raw >/dev/null || fail "add a"

@@ -10,7 +10,10 @@
 # read-only vdc is refused, and what /dev/hwrng gives; then powers off. The
 # host checks the image with vmm-img and qemu-img (check clean, content equal
 # to the pattern at 1 MiB, zero elsewhere), and -snapshot leaves a raw image
-# unchanged.
+# unchanged. Last, blockd is killed with SIGKILL while the guest writes block
+# after block with fsync: vmmd restarts it, vcpu-worker reconnects and
+# resends, the guest's loop completes without an error and every block it
+# saw acknowledged is in the image.
 set -euo pipefail
 # The same gate as rig-vmmd-boot.sh while early boot can triple-fault.
 if [ -z "${VMM_BOOT_TEST:-}" ]; then
@@ -26,6 +29,7 @@ T=$(mktemp -d /tmp/rig-disk.XXXXXX)
 PID=
 cleanup() { [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
+export TMPDIR=$T   # -snapshot's overlay; the rig's /var/tmp is read-only
 fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; exit 1; }
 
 # The guest's side. busybox only; `exit` so that sh never reads the zeroes
@@ -46,27 +50,52 @@ exit 0
 EOF
 truncate -s 64K "$T/script.raw"
 dd if="$T/script.sh" of="$T/script.raw" conv=notrunc status=none
+# The write loop for the blockd restart: one 64 KiB block at a time, each
+# acknowledged (fsync) before the next; a pause after block 4 for the kill.
+cat >"$T/loop.sh" <<'EOF'
+B=/bin/busybox
+i=0
+while [ $i -lt 64 ]; do
+  $B dd if=/dev/vdc of=/dev/vda bs=64k count=1 skip=$i seek=$((16 + i)) conv=fsync 2>/dev/null || { $B echo "GUEST-LOOP-ERROR $i"; exit 0; }
+  $B echo "GUEST-ACK $i"
+  [ $i = 4 ] && $B sleep 3
+  i=$((i + 1))
+done
+$B echo GUEST-LOOP-DONE
+exit 0
+EOF
+truncate -s 64K "$T/loop.raw"
+dd if="$T/loop.sh" of="$T/loop.raw" conv=notrunc status=none
 head -c $((4 << 20)) /dev/urandom >"$T/pattern.raw"
 PATTERN_MD5=$(md5sum <"$T/pattern.raw" | cut -d' ' -f1)
 
-boot() { # LABEL VDA_FORMAT VDA_FILE [EXTRA...]
-  local label=$1 fmt=$2 file=$3 rc=0; shift 3
+start_vmmd() { # VDA_FORMAT VDA_FILE SCRIPT_IMAGE [EXTRA...]
+  local fmt=$1 file=$2 script=$3; shift 3
   setsid "$BIN/vmmd" -sandbox on,spawn=deny -kernel "$RIG_BZIMAGE" -initrd "$RIG_INITRAMFS_L2" -m 256M \
       -append "console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vdb" \
       -drive "file=$file,format=$fmt,if=none,id=d0,serial=OLD-SERIAL-1" -device virtio-blk-device,drive=d0 \
-      -drive "file=$T/script.raw,format=raw,if=none,id=d1,readonly=on" -device virtio-blk-device,drive=d1 \
+      -drive "file=$script,format=raw,if=none,id=d1,readonly=on" -device virtio-blk-device,drive=d1 \
       -drive "file=$T/pattern.raw,format=raw,if=none,id=d2,readonly=on" \
       -device virtio-blk-device,drive=d2,serial=NEW-SERIAL-2 \
       -object rng-random,id=r0,filename=/dev/urandom -device virtio-rng-device,rng=r0 \
       "$@" -qmp "unix:$T/qmp.sock,server=on,wait=off" </dev/null >"$T/out" 2>&1 &
   PID=$!
+}
+wait_vmmd() { # LABEL: vmmd must end by itself with status 0
+  local label=$1 rc=0
   for _ in $(seq 2400); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$label: vmmd still running after 240 s"
   wait "$PID" || rc=$?
   PID=
   tr -d '\r' <"$T/out" >"$T/console"
   [ $rc -eq 0 ] || fail "$label: vmmd exited $rc"
-  guest() { grep -a "^$1" "$T/console" | tail -1 | cut -d' ' -f2-; }
+}
+guest() { grep -a "^$1" "$T/console" | tail -1 | cut -d' ' -f2-; }
+
+boot() { # LABEL VDA_FORMAT VDA_FILE [EXTRA...]
+  local label=$1; shift
+  start_vmmd "$1" "$2" "$T/script.raw" "${@:3}"
+  wait_vmmd "$label"
   [ "$(guest GUEST-VDC-MD5)" = "$PATTERN_MD5" ] || fail "$label: the guest read the host's pattern as $(guest GUEST-VDC-MD5)"
   [ "$(guest GUEST-SERIAL-VDA)" = OLD-SERIAL-1 ] || fail "$label: vda serial '$(guest GUEST-SERIAL-VDA)'"
   [ "$(guest GUEST-SERIAL-VDC)" = NEW-SERIAL-2 ] || fail "$label: vdc serial '$(guest GUEST-SERIAL-VDC)'"
@@ -93,7 +122,8 @@ qemu-img create -q -f qcow2 -b "$T/base.raw" -F raw "$T/disk.qcow2"
 boot "qcow2" qcow2 "$T/disk.qcow2"
 qemu-img check -q "$T/disk.qcow2" || fail "qemu-img check found problems in the guest's qcow2"
 expect_image qcow2 "$T/disk.qcow2"
-cmp -s "$T/base.raw" <(head -c $((16 << 20)) /dev/zero) || fail "the backing file was written"
+head -c $((16 << 20)) /dev/zero >"$T/zero.raw"
+cmp -s "$T/base.raw" "$T/zero.raw" || fail "the backing file was written"
 
 # raw, then -snapshot: the guest writes, the image stays as it was.
 qemu-img create -q -f raw "$T/disk.raw" 16M
@@ -101,5 +131,22 @@ boot "raw" raw "$T/disk.raw"
 expect_image raw "$T/disk.raw"
 qemu-img create -q -f raw "$T/snap.raw" 16M
 boot "raw -snapshot" raw "$T/snap.raw" -snapshot
-cmp -s "$T/snap.raw" <(head -c $((16 << 20)) /dev/zero) || fail "-snapshot: the image changed"
+cmp -s "$T/snap.raw" "$T/zero.raw" || fail "-snapshot: the image changed"
+
+# blockd killed during the guest's write loop.
+qemu-img create -q -f qcow2 "$T/loop.qcow2" 16M
+start_vmmd qcow2 "$T/loop.qcow2" "$T/loop.raw"
+for _ in $(seq 1200); do grep -aq "^GUEST-ACK 4" "$T/out" && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+grep -aq "^GUEST-ACK 4" "$T/out" || fail "restart: the guest's loop did not get going"
+BLOCKD=$(pgrep -s "$PID" -x blockd | head -1)
+[ -n "$BLOCKD" ] || fail "restart: no blockd in vmmd's session"
+kill -KILL "$BLOCKD"
+wait_vmmd "restart"
+grep -aq "^GUEST-LOOP-ERROR" "$T/console" && fail "restart: the guest saw an I/O error: $(guest GUEST-LOOP-ERROR)"
+grep -aq "^GUEST-LOOP-DONE" "$T/console" || fail "restart: the guest's loop did not complete"
+[ "$(grep -ac "^GUEST-ACK" "$T/console")" = 64 ] || fail "restart: $(grep -ac "^GUEST-ACK" "$T/console") blocks acknowledged, not 64"
+grep -q "restarted\|restarting" "$T/out" || fail "restart: vmmd did not say it restarted blockd"
+qemu-img check -q "$T/loop.qcow2" || fail "restart: qemu-img check found problems"
+expect_image qcow2 "$T/loop.qcow2"
+echo "restart: blockd killed mid-loop; the guest's 64 synchronous writes all completed and are in the image"
 echo "PASS: guest disk I/O through blockd (qcow2 and raw), serials, read-only, -snapshot, virtio-rng"

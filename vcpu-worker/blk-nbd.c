@@ -66,6 +66,7 @@ struct VmmBlkNbd {
     VmmBlkNbdLostFn lost;
     gpointer lost_opaque;
     VmmBlkNbdCompleteFn complete;
+    guint handshake_timeout_ms;
 };
 
 int vmm_blk_nbd_errno(guint32 e)
@@ -132,9 +133,15 @@ VmmBlkNbd *vmm_blk_nbd_new(const char *name)
     c->next_cookie = 1;
     c->max_len = NBD_MAX_PAYLOAD;
     c->complete = vmm_virtio_blk_complete;
+    c->handshake_timeout_ms = HANDSHAKE_TIMEOUT_MS;
     c->to_send = g_async_queue_new_full(g_free);
     c->writer = g_thread_new("blk-nbd-tx", writer_thread, c);
     return c;
+}
+
+void vmm_blk_nbd_set_handshake_timeout(VmmBlkNbd *c, guint ms)
+{
+    c->handshake_timeout_ms = ms;
 }
 
 void vmm_blk_nbd_set_lost_hook(VmmBlkNbd *c, VmmBlkNbdLostFn fn, gpointer opaque)
@@ -307,7 +314,7 @@ static gboolean read_go_replies(VmmBlkNbd *c, int fd, gint64 deadline, guint64 *
 static gboolean negotiate(VmmBlkNbd *c, int fd, guint64 *size, guint16 *flags, guint32 *max,
                           GError **error)
 {
-    gint64 deadline = g_get_monotonic_time() + HANDSHAKE_TIMEOUT_MS * 1000LL;
+    gint64 deadline = g_get_monotonic_time() + c->handshake_timeout_ms * 1000LL;
     guint8 greet[18];
     if (!read_full(fd, greet, sizeof(greet), deadline))
         return hs_fail(c, error, "reading the greeting");

@@ -28,6 +28,8 @@ void vmm_blk_nbd_free(VmmBlkNbd *c);
  * timeout, then serves requests on it. A second call replaces a dropped (or
  * live) connection: the export must have the same size. */
 gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error);
+/* The negotiation's bound (10 s by default; the fuzz target's is short). */
+void vmm_blk_nbd_set_handshake_timeout(VmmBlkNbd *c, guint ms);
 gboolean vmm_blk_nbd_connected(VmmBlkNbd *c);
 guint64 vmm_blk_nbd_size(VmmBlkNbd *c);
 gboolean vmm_blk_nbd_read_only(VmmBlkNbd *c);

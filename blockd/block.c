@@ -1176,8 +1176,11 @@ gboolean vmm_block_create(const char *filename, const char *format, JsonObject *
     if (!proto->create || !proto->create(filename, NULL, popts, error))
         return FALSE;
 
+    /* The format's steps need no flushes of their own (a half-created image
+     * is no image either way): one at the end makes the new image durable.
+     * On a busy host each fdatasync can wait long behind other writers. */
     NodeParams p = {
-        .flags = VMM_BDRV_O_RDWR,
+        .flags = VMM_BDRV_O_RDWR | VMM_BDRV_O_NO_FLUSH,
         .perm = VMM_BLK_PERM_CONSISTENT_READ | VMM_BLK_PERM_WRITE | VMM_BLK_PERM_RESIZE,
         .shared = VMM_BLK_PERM_ALL & ~(guint)(VMM_BLK_PERM_WRITE | VMM_BLK_PERM_RESIZE),
         .discard_unmap = TRUE,
@@ -1187,8 +1190,15 @@ gboolean vmm_block_create(const char *filename, const char *format, JsonObject *
     if (!file)
         return FALSE;
     gboolean ok = drv->create(filename, file, opts, error);
-    if (ok)
-        ok = vmm_block_flush(file, error);
+    vmm_block_unref(file);
+    if (!ok)
+        return FALSE;
+    p.flags &= ~VMM_BDRV_O_NO_FLUSH;
+    g_autoptr(JsonObject) fopts2 = json_object_new();
+    file = open_node(filename, proto->format_name, fopts2, &p, error);
+    if (!file)
+        return FALSE;
+    ok = vmm_block_flush(file, error);
     vmm_block_unref(file);
     return ok;
 }
@@ -1519,6 +1529,43 @@ gboolean vmm_block_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, GErr
     if (!bytes || !bs->discard_unmap || !bs->drv->pdiscard)
         return TRUE;
     return bs->drv->pdiscard(bs, offset, bytes, error);
+}
+
+gboolean vmm_block_allocate(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
+{
+    if (!check_request(bs, offset, bytes, TRUE, error))
+        return FALSE;
+    if (!bytes)
+        return TRUE;
+    if (bs->drv->allocate)
+        return bs->drv->allocate(bs, offset, bytes, error);
+    if (bs->drv->is_filter && bs->file)
+        return vmm_block_allocate(bs->file, offset, bytes, error);
+    return unsupported(bs, "allocating ranges ahead of writes", error);
+}
+
+gssize vmm_block_compress_cluster(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf,
+                                  void *out, gsize out_len, GError **error)
+{
+    if (!check_request(bs, offset, bytes, TRUE, error))
+        return -1;
+    if (!bs->drv->compress_cluster || !bs->drv->pwrite_precompressed) {
+        unsupported(bs, "compressing clusters ahead of writes", error);
+        return -1;
+    }
+    return bs->drv->compress_cluster(bs, offset, bytes, buf, out, out_len, error);
+}
+
+gboolean vmm_block_pwrite_precompressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
+                                        const void *cdata, gsize clen, GError **error)
+{
+    if (!check_request(bs, offset, bytes, TRUE, error))
+        return FALSE;
+    if (!bs->drv->pwrite_precompressed)
+        return unsupported(bs, "compressed writes", error);
+    if (!bs->drv->pwrite_precompressed(bs, offset, bytes, cdata, clen, error))
+        return FALSE;
+    return after_write(bs, FALSE, error);
 }
 
 gboolean vmm_block_flush(VmmBlockDev *bs, GError **error)

@@ -36,6 +36,11 @@ enum {
     VMM_BDRV_REQ_FUA = 1 << 0,        /* the write is durable when the call returns */
     VMM_BDRV_REQ_MAY_UNMAP = 1 << 1,  /* write_zeroes may deallocate */
     VMM_BDRV_REQ_NO_FALLBACK = 1 << 2,/* write_zeroes must be fast or fail (NBD FAST_ZERO) */
+    /* A hint on pwrite: the range holds nothing yet (a fresh target being
+     * filled, clusters just allocated), so the protocol driver may reserve it
+     * as one extent before writing (fallocate), which ext4 and xfs do much
+     * faster than allocating page by page. Content is the same either way. */
+    VMM_BDRV_REQ_ALLOCATE = 1 << 3,
 };
 
 /* Block status bits, as QEMU's BDRV_BLOCK_* */
@@ -123,6 +128,24 @@ struct VmmBlockDriver {
     gboolean (*make_empty)(VmmBlockDev *bs, GError **error);
     /* Changes the node's cache/lock permissions after open (reopen); may be NULL. */
     gboolean (*set_perm)(VmmBlockDev *bs, gboolean write, gboolean share_write, GError **error);
+    /* Reserves [OFFSET, OFFSET+BYTES) so that later writes there need no
+     * allocation (qcow2: whole clusters, linked in the order of the calls,
+     * so writes done afterwards in any order get the layout of in-order
+     * writes). What the range reads must not change: a driver that cannot
+     * promise that (a backing file would be hidden) fails with
+     * VMM_ERROR_UNSUPPORTED. NULL: unsupported (filters pass it down). */
+    gboolean (*allocate)(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error);
+    /* Compressed writes in two steps, so that callers compress on many
+     * threads and still place clusters in order: compress_cluster packs
+     * the cluster at OFFSET (BYTES: a cluster, or the image's short last
+     * one) into OUT (OUT_LEN bytes, too few is an error) and returns its
+     * length, or 0 when
+     * compressing does not make it smaller (write it with pwrite instead,
+     * as pwrite_compressed would); pwrite_precompressed then places it. */
+    gssize (*compress_cluster)(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf,
+                               void *out, gsize out_len, GError **error);
+    gboolean (*pwrite_precompressed)(VmmBlockDev *bs, guint64 offset, guint64 bytes,
+                                     const void *cdata, gsize clen, GError **error);
     /* (added by the generic layer) VMM_BDRV_REQ_FUA if pwrite and
      * pwrite_zeroes make FUA writes durable themselves; when 0 the generic
      * layer passes no FUA down and flushes the node after the write instead.
@@ -183,6 +206,16 @@ gboolean vmm_block_pwrite_zeroes(VmmBlockDev *bs, guint64 offset, guint64 bytes,
 gboolean vmm_block_pwrite_compressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
                                      const void *buf, GError **error);
 gboolean vmm_block_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error);
+/* The driver's allocate (through filters); VMM_ERROR_UNSUPPORTED if none. */
+gboolean vmm_block_allocate(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error);
+/* The two steps of vmm_block_pwrite_compressed (see the driver ops): OUT
+ * holds OUT_LEN bytes, at least the format's cluster size. Returns the
+ * compressed length, 0 if the cluster is to be written uncompressed, -1
+ * with an error (VMM_ERROR_UNSUPPORTED if the format has no such steps). */
+gssize vmm_block_compress_cluster(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf,
+                                  void *out, gsize out_len, GError **error);
+gboolean vmm_block_pwrite_precompressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
+                                        const void *cdata, gsize clen, GError **error);
 gboolean vmm_block_flush(VmmBlockDev *bs, GError **error);
 int vmm_block_status(VmmBlockDev *bs, guint64 offset, guint64 bytes, guint64 *pnum,
                      guint64 *map, VmmBlockDev **file, GError **error);

@@ -29,6 +29,9 @@
 #ifndef NFS_SUPER_MAGIC
 #define NFS_SUPER_MAGIC 0x6969
 #endif
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
+#endif
 
 /* QEMU's lock byte layout: libvirt owns byte 0; QEMU byte 100+N ("I use
  * permission N") and 200+N ("I do not share permission N"). */
@@ -38,6 +41,9 @@
 #define MAX_BLOCKSIZE 4096
 #define ZERO_CHUNK (1024 * 1024)
 #define DEFAULT_EXTENT_SIZE_HINT (1024 * 1024)
+/* Writes with VMM_BDRV_REQ_ALLOCATE reserve their range first from this size
+ * on; below it the extra fallocate call costs more than it saves. */
+#define ALLOCATE_HINT_MIN (64 * 1024)
 
 typedef struct {
     int fd;
@@ -50,6 +56,7 @@ typedef struct {
     gboolean is_block_dev;
     gint has_zero_range;           /* atomic: FALLOC_FL_ZERO_RANGE works here */
     gint has_punch;
+    gint has_falloc;               /* atomic: VMM_BDRV_REQ_ALLOCATE reserves extents */
     gint page_cache_inconsistent;  /* errno of a failed fdatasync */
 } FileState;
 
@@ -348,6 +355,17 @@ static gboolean parse_aio(JsonObject *options, int flags, const char *filename, 
     return TRUE;
 }
 
+/* Reserving extents ahead of a write helps filesystems with delayed
+ * allocation; on tmpfs it would zero pages that the write then overwrites,
+ * and on NFS it is one more round trip. */
+static gboolean falloc_pays_off(int fd)
+{
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0)
+        return FALSE;
+    return sfs.f_type != TMPFS_MAGIC && sfs.f_type != NFS_SUPER_MAGIC;
+}
+
 static int open_image_fd(const char *path, int flags, gboolean auto_read_only, gboolean *read_only)
 {
     int oflags = O_CLOEXEC | ((flags & VMM_BDRV_O_NOCACHE) ? O_DIRECT : 0);
@@ -402,6 +420,7 @@ static gboolean file_open(VmmBlockDev *bs, JsonObject *options, int flags, GErro
         goto fail;
     }
     s->is_block_dev = S_ISBLK(st.st_mode);
+    g_atomic_int_set(&s->has_falloc, !s->is_block_dev && falloc_pays_off(s->fd));
     s->open_flags = fcntl(s->fd, F_GETFL);
     s->no_flush = (flags & VMM_BDRV_O_NO_FLUSH) != 0;
     bs->request_alignment = (flags & VMM_BDRV_O_NOCACHE) ? probe_alignment(s->fd) : 1;
@@ -475,6 +494,19 @@ static ssize_t write_some(FileState *s, const void *buf, size_t len, off_t offse
 }
 
 static gboolean file_flush(VmmBlockDev *bs, GError **error);
+static int do_fallocate(int fd, int mode, guint64 offset, guint64 len);
+
+/* VMM_BDRV_REQ_ALLOCATE: one fallocate reserves the whole range, where the
+ * write alone would make ext4 reserve and map it page by page. Mode 0 leaves
+ * any data already there untouched, so a wrong hint costs only the call;
+ * errors are left for the write itself to meet (ENOSPC) or ignored. */
+static void allocate_before_write(FileState *s, guint64 offset, guint64 bytes)
+{
+    if (bytes < ALLOCATE_HINT_MIN || !g_atomic_int_get(&s->has_falloc))
+        return;
+    if (do_fallocate(s->fd, 0, offset, bytes) == -ENOTSUP)
+        g_atomic_int_set(&s->has_falloc, 0);
+}
 
 static gboolean file_pwrite(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf, int flags,
                             GError **error)
@@ -483,6 +515,8 @@ static gboolean file_pwrite(VmmBlockDev *bs, guint64 offset, guint64 bytes, cons
     gboolean fua = (flags & VMM_BDRV_REQ_FUA) && !s->no_flush;
     guint64 done = 0;
 
+    if (flags & VMM_BDRV_REQ_ALLOCATE)
+        allocate_before_write(s, offset, bytes);
     while (done < bytes) {
         ssize_t n = write_some(s, (const guint8 *)buf + done, bytes - done, (off_t)(offset + done), fua);
         if (n < 0 && errno == EINTR)
@@ -619,6 +653,27 @@ static gboolean file_pwrite_zeroes(VmmBlockDev *bs, guint64 offset, guint64 byte
     if (ok && (flags & VMM_BDRV_REQ_FUA) && !s->no_flush)
         ok = file_flush(bs, error);
     return ok;
+}
+
+/* Reserves the blocks of the range (fallocate mode 0: data already there
+ * stays), which may grow the file; where that does not pay off or work,
+ * there is nothing to do: the range reads the same either way. */
+static gboolean file_allocate(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
+{
+    FileState *s = bs->opaque;
+
+    if (s->is_block_dev || !g_atomic_int_get(&s->has_falloc))
+        return TRUE;
+    int ret = do_fallocate(s->fd, 0, offset, bytes);
+    if (ret == -ENOTSUP || ret == -EINVAL) {
+        g_atomic_int_set(&s->has_falloc, 0);
+        return TRUE;
+    }
+    if (ret < 0)
+        return vmm_set_errno(error, -ret, "%s: reserving %" G_GUINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT,
+                             bs->filename, bytes, offset);
+    grow_size(bs, offset + bytes);
+    return TRUE;
 }
 
 static gboolean file_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
@@ -931,6 +986,7 @@ const VmmBlockDriver vmm_file_driver = {
     .pwrite = file_pwrite,
     .pwrite_zeroes = file_pwrite_zeroes,
     .pdiscard = file_pdiscard,
+    .allocate = file_allocate,
     .flush = file_flush,
     .block_status = file_block_status,
     .truncate = file_truncate,

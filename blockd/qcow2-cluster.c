@@ -481,6 +481,13 @@ static void plan_cluster(Qcow2State *s, ClusterPlan *p, gboolean new_host)
     p->new_bitmap = alloc | ((old_zero & ~alloc) << 32);
 }
 
+/* Host clusters allocated for this write hold nothing yet: the protocol
+ * driver may reserve them as one extent before the data goes in. */
+static int new_cluster_flags(const AllocRun *run)
+{
+    return run->new_host ? VMM_BDRV_REQ_ALLOCATE : 0;
+}
+
 /* Reads the guest range of the cluster at GUEST into BUF at [A, B). */
 static gboolean fill_cow(Qcow2State *s, guint64 guest, guint64 a, guint64 b, guint8 *buf,
                          GError **error)
@@ -512,7 +519,7 @@ static gboolean write_cluster_bounced(Qcow2State *s, AllocRun *run, guint64 i, c
     if (!fill_cow(s, guest, lo, p->ws, b, error) || !fill_cow(s, guest, p->we, hi, b, error))
         return FALSE;
     memcpy(b + p->ws, data + (guest + p->ws - data_guest), p->we - p->ws);
-    if (!vmm_block_pwrite(s->data_file, host + lo, hi - lo, b + lo, 0, error))
+    if (!vmm_block_pwrite(s->data_file, host + lo, hi - lo, b + lo, new_cluster_flags(run), error))
         return FALSE;
     /* Old subclusters a snapshot or a compressed cluster still holds. */
     for (int k = 0; k < s->subclusters; k++) {
@@ -557,7 +564,7 @@ static gboolean write_run_data(Qcow2State *s, AllocRun *run, guint64 offset, con
             guint64 gs = run->guest + (i0 << s->cluster_bits) + run->c[i0].ws;
             guint64 ge = run->guest + ((i - 1) << s->cluster_bits) + run->c[i - 1].we;
             if (!vmm_block_pwrite(s->data_file, run->host + (gs - run->guest), ge - gs,
-                                  data + (gs - offset), 0, error))
+                                  data + (gs - offset), new_cluster_flags(run), error))
                 return FALSE;
         }
         if (i < run->n && !write_cluster_bounced(s, run, i, data, offset, cow, error))
@@ -994,11 +1001,10 @@ gboolean q2_pdiscard(Qcow2State *s, guint64 offset, guint64 bytes, gboolean full
 
 /* ---- compressed writes ---- */
 
-gboolean q2_pwrite_compressed(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *buf,
-                              GError **error)
+/* Compressed clusters are whole clusters (the image's last may be short),
+ * in the image file itself. */
+static gboolean check_compressed_write(Qcow2State *s, guint64 offset, guint64 bytes, GError **error)
 {
-    guint64 cs = s->cluster_size;
-
     if (q2_has_data_file(s)) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED,
                     "%s: compressed writes are not possible with an external data file",
@@ -1011,58 +1017,176 @@ gboolean q2_pwrite_compressed(Qcow2State *s, guint64 offset, guint64 bytes, cons
                     s->bs->filename, offset);
         return FALSE;
     }
+    if (bytes > s->cluster_size || (bytes < s->cluster_size && offset + bytes != s->bs->size)) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "%s: compressed writes must cover whole clusters", s->bs->filename);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Deflating random-looking bytes takes as long as deflating text and never
+ * pays: the result does not fit in a cluster - 1 bytes, so the cluster is
+ * written as it is. Such a cluster is recognised at a tenth of the cost
+ * when both of these hold:
+ *  - its bytes are about evenly spread over the 256 values (chi-square of
+ *    the byte counts at most INCOMPRESSIBLE_MAX_CHI2; random bytes give
+ *    255 +- 23): Huffman coding of the bytes then saves at most about
+ *    chi2 / (16 ln 2) bits, some 40 bytes, less than a dynamic deflate
+ *    block's code tables cost;
+ *  - fewer than INCOMPRESSIBLE_MAX_REPEATS of its positions start a 4-byte
+ *    string that occurs in the 4 KiB before it: the strings that deflate's
+ *    4 KiB window could replace with back-references (random data has
+ *    about 0.06 per 64 KiB; a repeated stretch of 40 bytes has 16).
+ * Anything else is deflated, so the stored image is the one deflate gives
+ * (tests/unit/test-qcow2-compress.c checks the guess against deflate). */
+#define INCOMPRESSIBLE_MAX_CHI2 400
+#define INCOMPRESSIBLE_MAX_REPEATS 16
+#define REPEAT_HASH_BITS 13
+#define DEFLATE_WINDOW 4096
+
+static gboolean bytes_look_uniform(const guint8 *buf, gsize len)
+{
+    guint32 hist[4][256] = {{0}};
+    gsize i = 0;
+
+    /* Four histograms: consecutive equal bytes do not wait on each other. */
+    for (; i + 4 <= len; i += 4) {
+        hist[0][buf[i]]++;
+        hist[1][buf[i + 1]]++;
+        hist[2][buf[i + 2]]++;
+        hist[3][buf[i + 3]]++;
+    }
+    for (; i < len; i++)
+        hist[0][buf[i]]++;
+    guint64 squares = 0;
+    for (int b = 0; b < 256; b++) {
+        guint64 c = (guint64)hist[0][b] + hist[1][b] + hist[2][b] + hist[3][b];
+        squares += c * c;
+    }
+    /* sum((c - len/256)^2 / (len/256)) = 256 * sum(c^2) / len - len */
+    double chi2 = 256.0 * (double)squares / (double)len - (double)len;
+    return chi2 <= INCOMPRESSIBLE_MAX_CHI2;
+}
+
+static gboolean few_repeats_in_window(const guint8 *buf, gsize len)
+{
+    guint32 last[1u << REPEAT_HASH_BITS]; /* position + 1 of the last string with that hash */
+    guint repeats = 0;
+
+    memset(last, 0, sizeof(last));
+    for (gsize p = 0; p + 4 <= len; p++) {
+        guint32 v;
+        memcpy(&v, buf + p, 4);
+        guint32 h = (v * 2654435761u) >> (32 - REPEAT_HASH_BITS);
+        guint32 q = last[h];
+        if (q && p - (q - 1) <= DEFLATE_WINDOW && memcmp(buf + q - 1, &v, 4) == 0 &&
+            ++repeats >= INCOMPRESSIBLE_MAX_REPEATS)
+            return FALSE;
+        last[h] = (guint32)p + 1;
+    }
+    return TRUE;
+}
+
+gboolean q2_looks_incompressible(const guint8 *buf, gsize len)
+{
+    return len >= DEFLATE_WINDOW && bytes_look_uniform(buf, len) && few_repeats_in_window(buf, len);
+}
+
+gssize q2_compress_cluster(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *buf,
+                           guint8 *out, gsize out_len, GError **error)
+{
+    guint64 cs = s->cluster_size;
+
+    if (!check_compressed_write(s, offset, bytes, error))
+        return -1;
+    if (out_len < cs) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "%s: compression buffer of %" G_GSIZE_FORMAT " bytes is smaller than a cluster",
+                    s->bs->filename, out_len);
+        return -1;
+    }
+    /* A short last cluster is compressed as a whole one, zero-padded. */
+    g_autofree guint8 *padded = NULL;
+    if (bytes < cs) {
+        padded = g_malloc0(cs);
+        memcpy(padded, buf, bytes);
+        buf = padded;
+    }
+    /* zstd finds out quickly itself; deflate does not. */
+    if (s->compression_type != QCOW2_COMPRESSION_ZSTD && q2_looks_incompressible(buf, cs))
+        return 0;
+    /* Kept only if it saves at least a byte, as QEMU: cs - 1 bytes of room. */
+    gssize clen = q2_compress(s, out, cs - 1, buf, cs);
+    return clen < 0 ? 0 : clen;
+}
+
+gboolean q2_write_compressed(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *cdata,
+                             gsize clen, GError **error)
+{
+    guint64 cs = s->cluster_size, coff, old = 0, nb_sectors;
+    gboolean ok;
+    guint8 *l2;
+
+    if (!check_compressed_write(s, offset, bytes, error))
+        return FALSE;
+    if (clen == 0 || clen >= cs) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "%s: compressed cluster of %" G_GSIZE_FORMAT " bytes does not fit a cluster",
+                    s->bs->filename, clen);
+        return FALSE;
+    }
+    g_mutex_lock(&s->lock);
+    while (wait_inflight(s, offset, cs)) {
+    }
+    ok = !s->lazy_refcounts || q2_mark_dirty(s, error);
+    ok = ok && q2_alloc_bytes(s, (guint64)clen, &coff, error);
+    Qcow2InFlight *f = ok ? inflight_add(s, offset >> s->cluster_bits, 1) : NULL;
+    g_mutex_unlock(&s->lock);
+    if (!ok)
+        return FALSE;
+    ok = vmm_block_pwrite(s->bs->file, coff, (guint64)clen, cdata, 0, error);
+    g_mutex_lock(&s->lock);
+    if (ok)
+        ok = q2_get_l2_table(s, offset, TRUE, &l2, error);
+    if (ok && !s->lazy_refcounts) {
+        ok = q2_cache_set_dependency(s, s->l2_cache, s->refcount_cache, error);
+        if (!ok)
+            q2_cache_put(s->l2_cache, l2);
+    }
+    if (ok) {
+        guint64 idx = q2_l2_index(s, offset);
+        nb_sectors = ((coff + clen - 1) / QCOW2_COMPRESSED_SECTOR) - (coff / QCOW2_COMPRESSED_SECTOR);
+        old = q2_l2_get(s, l2, idx);
+        q2_l2_set(s, l2, idx, coff | (nb_sectors << s->csize_shift) | QCOW_OFLAG_COMPRESSED);
+        q2_l2_set_bitmap(s, l2, idx, 0);
+        q2_cache_mark_dirty(s->l2_cache, l2);
+        q2_cache_put(s->l2_cache, l2);
+        ok = q2_free_any_cluster(s, old, QCOW2_DISCARD_NEVER, error);
+    }
+    inflight_remove(s, f);
+    g_mutex_unlock(&s->lock);
+    return ok;
+}
+
+gboolean q2_pwrite_compressed(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *buf,
+                              GError **error)
+{
+    guint64 cs = s->cluster_size;
+    g_autofree guint8 *out = g_malloc(cs);
+
     while (bytes) {
         guint64 n = MIN(bytes, cs);
-        g_autofree guint8 *in = g_malloc0(cs);
-        g_autofree guint8 *out = g_malloc(cs);
-        gssize clen;
+        gssize clen = q2_compress_cluster(s, offset, n, buf, out, cs, error);
+        gboolean ok;
 
-        if (n < cs && offset + n != s->bs->size) {
-            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
-                        "%s: compressed writes must cover whole clusters", s->bs->filename);
+        if (clen < 0)
             return FALSE;
-        }
-        memcpy(in, buf, n);
-        clen = q2_compress(s, out, cs - 1, in, cs);
-        if (clen < 0) {
-            /* Incompressible: an ordinary cluster is smaller. */
-            if (!q2_pwritev(s, offset, n, buf, 0, error))
-                return FALSE;
-        } else {
-            guint64 coff, old = 0, nb_sectors;
-            gboolean ok;
-            guint8 *l2;
-
-            g_mutex_lock(&s->lock);
-            while (wait_inflight(s, offset, cs)) {
-            }
-            ok = !s->lazy_refcounts || q2_mark_dirty(s, error);
-            ok = ok && q2_alloc_bytes(s, (guint64)clen, &coff, error);
-            Qcow2InFlight *f = ok ? inflight_add(s, offset >> s->cluster_bits, 1) : NULL;
-            g_mutex_unlock(&s->lock);
-            if (!ok)
-                return FALSE;
-            ok = vmm_block_pwrite(s->bs->file, coff, (guint64)clen, out, 0, error);
-            g_mutex_lock(&s->lock);
-            if (ok)
-                ok = q2_get_l2_table(s, offset, TRUE, &l2, error);
-            if (ok && !s->lazy_refcounts)
-                ok = q2_cache_set_dependency(s, s->l2_cache, s->refcount_cache, error);
-            if (ok) {
-                guint64 idx = q2_l2_index(s, offset);
-                nb_sectors = ((coff + clen - 1) / QCOW2_COMPRESSED_SECTOR) - (coff / QCOW2_COMPRESSED_SECTOR);
-                old = q2_l2_get(s, l2, idx);
-                q2_l2_set(s, l2, idx, coff | (nb_sectors << s->csize_shift) | QCOW_OFLAG_COMPRESSED);
-                q2_l2_set_bitmap(s, l2, idx, 0);
-                q2_cache_mark_dirty(s->l2_cache, l2);
-                q2_cache_put(s->l2_cache, l2);
-                ok = q2_free_any_cluster(s, old, QCOW2_DISCARD_NEVER, error);
-            }
-            inflight_remove(s, f);
-            g_mutex_unlock(&s->lock);
-            if (!ok)
-                return FALSE;
-        }
+        /* Incompressible: an ordinary cluster is smaller. */
+        ok = clen == 0 ? q2_pwritev(s, offset, n, buf, 0, error)
+                       : q2_write_compressed(s, offset, n, out, (gsize)clen, error);
+        if (!ok)
+            return FALSE;
         offset += n;
         buf += n;
         bytes -= n;
@@ -1115,6 +1239,104 @@ int q2_block_status(Qcow2State *s, guint64 offset, guint64 bytes, guint64 *pnum,
     if (offset + n >= s->bs->size)
         st |= VMM_BLOCK_EOF;
     return st;
+}
+
+/* ---- allocation ahead of writes ---- */
+
+/* Makes the host range [HOST, HOST+LEN) of clusters just taken read as
+ * zeroes: space freed inside the file may hold old data; past its end the
+ * file grows (and gets its blocks reserved where the host does that well). */
+static gboolean zero_new_host_range(Qcow2State *s, guint64 host, guint64 len, GError **error)
+{
+    VmmBlockDev *f = s->bs->file;
+    guint64 fsize = vmm_block_size(f), end = host + len;
+    GError *err = NULL;
+
+    if (host < fsize && !vmm_block_pwrite_zeroes(f, host, MIN(end, fsize) - host, 0, error))
+        return FALSE;
+    if (end <= fsize)
+        return TRUE;
+    if (!vmm_block_allocate(f, MAX(host, fsize), end - MAX(host, fsize), &err)) {
+        if (!g_error_matches(err, VMM_ERROR, VMM_ERROR_UNSUPPORTED)) {
+            g_propagate_error(error, err);
+            return FALSE;
+        }
+        g_clear_error(&err);
+    }
+    /* Safe against concurrent writers: every cluster past the old end was
+     * taken under s->lock, which we hold, so none of them is written yet. */
+    return vmm_block_size(f) >= end || vmm_block_truncate(f, end, FALSE, VMM_PREALLOC_OFF, FALSE, error);
+}
+
+/* Links new host clusters to the unallocated clusters of [OFFSET, END)
+ * within one L2 table; *NEXT gets where that table's part ends. */
+static gboolean allocate_in_l2(Qcow2State *s, guint64 offset, guint64 end, guint64 *next, GError **error)
+{
+    guint64 l2_cover = s->cluster_size << s->l2_bits;
+    guint64 stop = MIN((offset & ~(l2_cover - 1)) + l2_cover, end);
+    guint64 idx = q2_l2_index(s, offset), nb = q2_size_to_clusters(s, stop - offset);
+    gboolean ok = TRUE;
+    guint8 *l2;
+
+    *next = stop;
+    if (!q2_get_l2_table(s, offset, TRUE, &l2, error))
+        return FALSE;
+    if (!s->lazy_refcounts && !q2_cache_set_dependency(s, s->l2_cache, s->refcount_cache, error)) {
+        q2_cache_put(s->l2_cache, l2);
+        return FALSE;
+    }
+    for (guint64 i = 0; ok && i < nb;) {
+        guint64 run = 0, host;
+        while (i + run < nb && !(q2_l2_get(s, l2, idx + i + run) & (L2E_OFFSET_MASK | QCOW_OFLAG_COMPRESSED)))
+            run++;
+        if (!run) {
+            i++;
+            continue;
+        }
+        ok = q2_alloc_clusters(s, run << s->cluster_bits, &host, error);
+        if (ok && !zero_new_host_range(s, host, run << s->cluster_bits, error)) {
+            q2_free_clusters(s, host, run << s->cluster_bits, QCOW2_DISCARD_NEVER, NULL);
+            ok = FALSE;
+        }
+        for (guint64 k = 0; ok && k < run; k++) {
+            /* A zero cluster stays one (it reads as zeroes either way). */
+            guint64 old = q2_l2_get(s, l2, idx + i + k);
+            q2_l2_set(s, l2, idx + i + k, (host + (k << s->cluster_bits)) | QCOW_OFLAG_COPIED |
+                                          (old & QCOW_OFLAG_ZERO));
+        }
+        i += run;
+    }
+    /* The zeroes (and the file's new length) reach the disk before the
+     * entries that expose them. */
+    q2_cache_depends_on_flush(s->l2_cache);
+    q2_cache_mark_dirty(s->l2_cache, l2);
+    q2_cache_put(s->l2_cache, l2);
+    return ok;
+}
+
+gboolean q2_allocate(Qcow2State *s, guint64 offset, guint64 bytes, GError **error)
+{
+    guint64 end = offset + bytes;
+    gboolean ok = TRUE;
+
+    /* Whole clusters are taken: the rest of a cluster would hide what a
+     * backing file shows there, and an external data file holds the data
+     * of unallocated clusters at their own place already. Extended L2
+     * entries would need their subcluster bitmaps planned: left to writes. */
+    if (s->image_backing_file || s->bs->backing || q2_has_data_file(s) || s->extended_l2) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED,
+                    "%s: clusters cannot be allocated ahead of writes in this image", s->bs->filename);
+        return FALSE;
+    }
+    g_mutex_lock(&s->lock);
+    while (wait_inflight(s, offset, bytes)) {
+    }
+    if (s->lazy_refcounts)
+        ok = q2_mark_dirty(s, error);
+    for (guint64 cur = q2_start_of_cluster(s, offset); ok && cur < end;)
+        ok = allocate_in_l2(s, cur, end, &cur, error);
+    g_mutex_unlock(&s->lock);
+    return ok;
 }
 
 /* ---- preallocation ---- */

@@ -421,15 +421,36 @@ gboolean q2_alloc_clusters_at(Qcow2State *s, guint64 offset, guint64 *n, GError 
 
 gboolean q2_alloc_bytes(Qcow2State *s, guint64 size, guint64 *offset, GError **error)
 {
-    g_assert(size > 0 && size <= s->cluster_size);
-    if (s->free_byte_offset &&
-        q2_offset_into_cluster(s, s->free_byte_offset) + size <= s->cluster_size) {
-        *offset = s->free_byte_offset;
-        if (!q2_update_refcount(s, *offset, 1, 1, QCOW2_DISCARD_NEVER, error))
+    guint64 cs = s->cluster_size, off = s->free_byte_offset, refcount;
+
+    g_assert(size > 0 && size <= cs);
+    /* A cluster shared by as many compressed clusters as its refcount can
+     * count takes no more. */
+    if (off) {
+        if (!q2_get_refcount(s, off >> s->cluster_bits, &refcount, error))
             return FALSE;
-    } else if (!q2_alloc_clusters(s, s->cluster_size, offset, error)) {
+        if (refcount >= s->refcount_max)
+            off = 0;
+    }
+    guint64 free_in_cluster = off ? cs - q2_offset_into_cluster(s, off) : 0;
+    guint64 new_cluster = 0;
+    if (!off || free_in_cluster < size) {
+        if (!q2_alloc_clusters(s, cs, &new_cluster, error))
+            return FALSE;
+        /* As QEMU: when the new cluster follows the partly used one, the
+         * data runs on into it instead of leaving the tail unused. */
+        if (!off || off + free_in_cluster != new_cluster) {
+            *offset = new_cluster;
+            goto done;
+        }
+    }
+    if (!q2_update_refcount(s, off, 1, 1, QCOW2_DISCARD_NEVER, error)) {
+        if (new_cluster)
+            q2_free_clusters(s, new_cluster, cs, QCOW2_DISCARD_NEVER, NULL);
         return FALSE;
     }
+    *offset = off;
+done:
     s->free_byte_offset = *offset + size;
     if (q2_offset_into_cluster(s, s->free_byte_offset) == 0)
         s->free_byte_offset = 0;

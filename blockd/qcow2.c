@@ -1013,6 +1013,25 @@ static gboolean qcow2_pwrite_compressed(VmmBlockDev *bs, guint64 offset, guint64
     return check_writable(s, error) && q2_pwrite_compressed(s, offset, bytes, buf, error);
 }
 
+static gssize qcow2_compress_cluster(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf,
+                                     void *out, gsize out_len, GError **error)
+{
+    return q2_compress_cluster(bs->opaque, offset, bytes, buf, out, out_len, error);
+}
+
+static gboolean qcow2_pwrite_precompressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
+                                           const void *cdata, gsize clen, GError **error)
+{
+    Qcow2State *s = bs->opaque;
+    return check_writable(s, error) && q2_write_compressed(s, offset, bytes, cdata, clen, error);
+}
+
+static gboolean qcow2_allocate(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
+{
+    Qcow2State *s = bs->opaque;
+    return check_writable(s, error) && q2_allocate(s, offset, bytes, error);
+}
+
 static gboolean qcow2_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
 {
     Qcow2State *s = bs->opaque;
@@ -1722,6 +1741,9 @@ const VmmBlockDriver vmm_qcow2_driver = {
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .pwrite_compressed = qcow2_pwrite_compressed,
+    .compress_cluster = qcow2_compress_cluster,
+    .pwrite_precompressed = qcow2_pwrite_precompressed,
+    .allocate = qcow2_allocate,
     .pdiscard = qcow2_pdiscard,
     .make_empty = qcow2_make_empty,
     .flush = qcow2_flush,

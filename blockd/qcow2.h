@@ -317,12 +317,24 @@ gboolean q2_pwritev(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *
                     GError **error);
 gboolean q2_pwrite_zeroes(Qcow2State *s, guint64 offset, guint64 bytes, int flags, GError **error);
 gboolean q2_pdiscard(Qcow2State *s, guint64 offset, guint64 bytes, gboolean full, GError **error);
+/* The two steps of q2_pwrite_compressed: compress_cluster returns the
+ * compressed length, 0 if the cluster does not shrink, -1 on error. */
+gssize q2_compress_cluster(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *buf,
+                           guint8 *out, gsize out_len, GError **error);
+/* TRUE when deflate cannot shrink BUF (a cluster) to fit, by a cheap test
+ * of its byte entropy and of repeated strings (see qcow2-cluster.c). */
+gboolean q2_looks_incompressible(const guint8 *buf, gsize len);
+gboolean q2_write_compressed(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *cdata,
+                             gsize clen, GError **error);
 gboolean q2_pwrite_compressed(Qcow2State *s, guint64 offset, guint64 bytes, const guint8 *buf,
                               GError **error);
 int q2_block_status(Qcow2State *s, guint64 offset, guint64 bytes, guint64 *pnum, guint64 *map,
                     VmmBlockDev **file, GError **error);
 /* Allocates L2 tables and (PREALLOC_FALLOC/FULL/METADATA) data clusters for
  * guest bytes [OFFSET, OFFSET+BYTES). */
+/* Links zeroed host clusters to the unallocated clusters of the range, in
+ * call order (the driver's allocate op). */
+gboolean q2_allocate(Qcow2State *s, guint64 offset, guint64 bytes, GError **error);
 gboolean q2_preallocate(Qcow2State *s, guint64 offset, guint64 bytes, VmmPrealloc mode,
                         GError **error);
 /* falloc/full growth as QEMU lays it out: a refcount area past the used part

@@ -102,6 +102,11 @@ static gboolean raw_pwrite_zeroes(VmmBlockDev *bs, guint64 offset, guint64 bytes
     return vmm_block_pwrite_zeroes(bs->file, offset + raw_off(bs), bytes, flags, error);
 }
 
+static gboolean raw_allocate(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
+{
+    return vmm_block_allocate(bs->file, offset + raw_off(bs), bytes, error);
+}
+
 static gboolean raw_pdiscard(VmmBlockDev *bs, guint64 offset, guint64 bytes, GError **error)
 {
     return vmm_block_pdiscard(bs->file, offset + raw_off(bs), bytes, error);
@@ -185,6 +190,7 @@ const VmmBlockDriver vmm_raw_driver = {
     .pwrite = raw_pwrite,
     .pwrite_zeroes = raw_pwrite_zeroes,
     .pdiscard = raw_pdiscard,
+    .allocate = raw_allocate,
     .block_status = raw_block_status,
     .truncate = raw_truncate,
     .allocated_file_size = raw_allocated_file_size,

@@ -14,7 +14,13 @@
 /* vcpu-worker */
 #define VMM_CMD_SETUP_KVM "setup-kvm"         /* fds: [/dev/kvm] -> as query-kvm; creates the VM */
 #define VMM_CMD_QUERY_KVM "query-kvm"         /* -> {"enabled","present","api-version","capabilities":{..}} */
-#define VMM_CMD_VM_START "vm-start"           /* {"ram-size","vcpus","cmdline"?,"irqchip"?}, fds: [RAM memfd, kernel, initrd?] -> {} */
+#define VMM_CMD_VM_START "vm-start"           /* {"ram-size","vcpus","cmdline"?,"irqchip"?,"paused"?}, fds: [RAM memfd, kernel, initrd?] -> {} */
+#define VMM_CMD_VM_STOP "vm-stop"             /* -> {} once every vCPU is paused */
+#define VMM_CMD_VM_CONT "vm-cont"             /* -> {}: the vCPUs run again */
+#define VMM_CMD_VM_POWERDOWN "vm-powerdown"   /* -> {}: ACPI power button (GED event) */
+#define VMM_CMD_VM_RESET "vm-reset"           /* -> {}: the machine rebuilt and the kernel booted again */
+#define VMM_CMD_VM_QUERY_CPUS "vm-query-cpus" /* -> {"cpus":[{"cpu-index","thread-id"}]} */
+#define VMM_CMD_SERIAL_ATTACH "serial-attach" /* {"input"?,"output"?,"socket"?}, fds [in?, out?] or [socket] -> {} */
 
 /* VM drives (docs/drives.md) */
 #define VMM_CMD_DRIVE_ADD "drive-add"         /* vmmd -> blockd: {"id","files":[..],...}, fds [socket, images.., overlay?] -> {"size",..} */
@@ -22,6 +28,12 @@
 #define VMM_CMD_DRIVE_RECONNECT "drive-reconnect" /* vmmd -> vcpu-worker: {"id"}, fds [socket] -> {} */
 #define VMM_CMD_RNG_ATTACH "rng-attach"       /* vmmd -> vcpu-worker: {"id"}, fds [entropy source] -> {} */
 #define VMM_EVENT_DRIVE_IO_ERROR "drive-io-error" /* vcpu-worker -> vmmd: {"id","operation","action","errno","reason"} */
+
+/* VM 9p exports (docs/fsdev.md) */
+#define VMM_CMD_FSDEV_ADD "fsdev-add"         /* vmmd -> fsd: {"id","path"?,"tag"?,"security-model"?,...}, fds [socket, export dir?] -> {"security-model","connections"} */
+#define VMM_CMD_FSDEV_ATTACH "fsdev-attach"   /* vmmd -> vcpu-worker: {"device","fsdev","mount-tag"}, fds [socket] -> {"msize","version"} */
+#define VMM_CMD_FSDEV_RECONNECT "fsdev-reconnect" /* vmmd -> vcpu-worker: {"device"}, fds [socket] -> {} */
+#define VMM_EVENT_FSDEV_DISCONNECTED "fsdev-disconnected" /* vcpu-worker -> vmmd: {"device","fsdev","reason","failed"} */
 
 /* Events */
 #define VMM_EVENT_STATUS "status"             /* helper -> vmmd: {"status": "..."} */

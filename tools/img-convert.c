@@ -1,19 +1,29 @@
 /* vmm-img convert: copies one or more images (concatenated) into a new image
  * of any format, as qemu-img convert.
  *
- * The virtual range is cut into chunks (2 MiB, or one target cluster when
- * compressing). A pool of workers (-m, default 8) reads chunks concurrently;
- * without -W the writes are then done in chunk order, as qemu-img does, so a
- * qcow2 target gets its clusters laid out sequentially. Zero ranges (from the
- * source's block status, or found by scanning data in -S granules) are not
- * written to a target that starts zeroed, and written as zeroes otherwise. */
+ * The virtual range is cut into chunks of 2 MiB. A pool of workers (-m,
+ * default 8) takes chunks in order and runs each in three steps:
+ *  1. (in parallel) read the chunk, split it into data, zero and backing
+ *     runs (the source's block status, then a scan of the data in -S
+ *     granules), and compress its clusters with -c;
+ *  2. (in chunk order, unless -W) what decides the target's layout: the
+ *     target allocates the data ranges ahead (vmm_block_allocate: qcow2
+ *     links its clusters in order, the file reserves extents), or, where it
+ *     cannot, the writes themselves; compressed clusters are placed here;
+ *  3. (in parallel) the data writes into the ranges allocated in step 2.
+ * So a qcow2 target gets its clusters laid out sequentially as with
+ * qemu-img's in-order writes, while reads, compression and data copies run
+ * on all cores. Zero ranges are not written to a target that starts zeroed,
+ * and written as zeroes otherwise. */
 #include "img.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define CONVERT_CHUNK (2u << 20)
 #define CONVERT_MAX_SPARSE (16u << 20)
 #define CONVERT_MAX_WORKERS 16
+#define CONVERT_BUF_ALIGN 4096
 
 typedef enum { RUN_DATA, RUN_ZERO, RUN_BACKING } RunKind;
 
@@ -24,28 +34,40 @@ typedef struct {
     guint64 total;
     VmmBlockDev *dst;
     guint64 chunk;
+    guint64 cluster;          /* the target's cluster size (compression unit) */
     guint64 min_sparse;       /* 0: write everything as data */
     gboolean compress;
+    gboolean precompress;     /* the target compresses in two steps (step 1 and 2) */
     gboolean zero_init;       /* the target reads as zeroes before we write */
     gboolean target_has_backing;
     gboolean out_of_order;
+    gint allocate_ahead;      /* atomic: step 2 allocates, step 3 writes */
 
     GMutex lock;
-    GCond turn;
+    GCond turn[CONVERT_MAX_WORKERS];
+    guint n_workers;
     guint64 next_chunk;       /* next chunk to hand out */
-    guint64 next_write;       /* in-order mode: the chunk whose turn it is to write */
+    guint64 next_write;       /* in-order mode: the chunk whose turn it is */
     guint64 n_chunks;
     guint64 done_bytes;
     GError *error;            /* first failure; the others stop */
 } Convert;
 
-static gboolean convert_failed(Convert *s)
-{
-    g_mutex_lock(&s->lock);
-    gboolean failed = s->error != NULL;
-    g_mutex_unlock(&s->lock);
-    return failed;
-}
+typedef struct {
+    guint64 offset, len;
+    RunKind kind;
+    gssize clen;              /* -c: compressed length, 0: write as data */
+} Run;
+
+/* One worker's chunk: its runs and buffers. */
+typedef struct {
+    guint64 offset, len;
+    guint8 *buf;              /* the chunk's data */
+    guint8 *cbuf;             /* -c: compressed clusters, one cluster apart */
+    GArray *runs;             /* Run, after reading */
+    GArray *pieces;           /* Run, what to write (data split at zeroes) */
+    gboolean allocated;       /* step 2 allocated the data pieces */
+} Chunk;
 
 static void convert_fail(Convert *s, GError *err)
 {
@@ -54,7 +76,8 @@ static void convert_fail(Convert *s, GError *err)
         s->error = err;
     else
         g_error_free(err);
-    g_cond_broadcast(&s->turn);
+    for (guint i = 0; i < s->n_workers; i++)
+        g_cond_broadcast(&s->turn[i]);
     g_mutex_unlock(&s->lock);
 }
 
@@ -96,38 +119,112 @@ static gboolean source_run(Convert *s, guint i, guint64 offset, guint64 bytes, R
     return TRUE;
 }
 
-typedef struct {
-    guint64 offset, len;
-    RunKind kind;
-} Run;
-
-/* Splits chunk [OFFSET, OFFSET+LEN) into runs and reads its data into BUF. */
-static gboolean read_chunk(Convert *s, guint64 offset, guint64 len, guint8 *buf, GArray *runs,
-                           GError **error)
+static void append_run(GArray *runs, guint64 offset, guint64 len, RunKind kind)
 {
-    g_array_set_size(runs, 0);
-    guint64 pos = offset;
-    while (pos < offset + len) {
+    if (runs->len) {
+        Run *last = &g_array_index(runs, Run, runs->len - 1);
+        if (last->kind == kind && last->offset + last->len == offset) {
+            last->len += len;
+            return;
+        }
+    }
+    Run r = {.offset = offset, .len = len, .kind = kind};
+    g_array_append_val(runs, r);
+}
+
+/* Splits the chunk into runs and reads its data into its buffer. */
+static gboolean read_chunk(Convert *s, Chunk *c, GError **error)
+{
+    g_array_set_size(c->runs, 0);
+    guint64 pos = c->offset, end = c->offset + c->len;
+    while (pos < end) {
         guint i = source_of(s, pos);
         guint64 src_off = pos - s->src_start[i];
         guint64 src_end = s->src_start[i] + vmm_block_size(s->src[i]);
-        guint64 want = MIN(offset + len, src_end) - pos;
-        Run r = {.offset = pos};
-        if (!source_run(s, i, src_off, want, &r.kind, &r.len, error))
+        guint64 want = MIN(end, src_end) - pos;
+        RunKind kind;
+        guint64 len;
+        if (!source_run(s, i, src_off, want, &kind, &len, error))
             return FALSE;
-        if (r.kind == RUN_DATA || s->compress) {
-            if (r.kind == RUN_DATA) {
-                if (!vmm_block_pread(s->src[i], src_off, r.len, buf + (pos - offset), error))
-                    return FALSE;
-            } else {
-                memset(buf + (pos - offset), 0, r.len);
-            }
+        guint8 *dst = c->buf + (pos - c->offset);
+        if (kind == RUN_DATA) {
+            if (!vmm_block_pread(s->src[i], src_off, len, dst, error))
+                return FALSE;
+        } else if (s->compress) {
+            memset(dst, 0, len); /* compressed clusters are whole */
         }
-        if (runs->len && g_array_index(runs, Run, runs->len - 1).kind == r.kind)
-            g_array_index(runs, Run, runs->len - 1).len += r.len;
+        append_run(c->runs, pos, len, kind);
+        pos += len;
+    }
+    return TRUE;
+}
+
+/* Splits data run R into data and zero pieces at zero stretches of -S
+ * granules (aligned to the virtual disk, as qemu-img's sectors). A granule
+ * is data as soon as one byte is not zero, so scanning data costs little. */
+static void split_sparse(Convert *s, const Chunk *c, const Run *r)
+{
+    const guint8 *data = c->buf + (r->offset - c->offset);
+    guint64 g = s->min_sparse, pos = 0;
+
+    if (g == 0) {
+        append_run(c->pieces, r->offset, r->len, RUN_DATA);
+        return;
+    }
+    while (pos < r->len) {
+        guint64 next = MIN(r->len, ((r->offset + pos) / g + 1) * g - r->offset);
+        RunKind kind = vmm_buffer_is_zero(data + pos, next - pos) ? RUN_ZERO : RUN_DATA;
+        append_run(c->pieces, r->offset + pos, next - pos, kind);
+        pos = next;
+    }
+}
+
+static gboolean range_all_backing(const Chunk *c, guint64 offset, guint64 len)
+{
+    for (guint i = 0; i < c->runs->len; i++) {
+        const Run *r = &g_array_index(c->runs, Run, i);
+        if (r->offset < offset + len && offset < r->offset + r->len && r->kind != RUN_BACKING)
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* -c: one piece per cluster, compressed here when the target can do it
+ * ahead of the write. */
+static gboolean compress_chunk(Convert *s, Chunk *c, GError **error)
+{
+    for (guint64 off = 0; off < c->len; off += s->cluster) {
+        guint64 n = MIN(s->cluster, c->len - off);
+        const guint8 *data = c->buf + off;
+        Run p = {.offset = c->offset + off, .len = n, .kind = RUN_DATA};
+        if (range_all_backing(c, p.offset, n))
+            p.kind = RUN_BACKING;
+        else if (vmm_buffer_is_zero(data, n))
+            p.kind = RUN_ZERO;
+        else if (s->precompress) {
+            p.clen = vmm_block_compress_cluster(s->dst, p.offset, n, data, c->cbuf + off, s->cluster, error);
+            if (p.clen < 0)
+                return FALSE;
+        }
+        g_array_append_val(c->pieces, p);
+    }
+    return TRUE;
+}
+
+/* Step 1: everything that does not depend on the order of chunks. */
+static gboolean prepare_chunk(Convert *s, Chunk *c, GError **error)
+{
+    g_array_set_size(c->pieces, 0);
+    if (!read_chunk(s, c, error))
+        return FALSE;
+    if (s->compress)
+        return compress_chunk(s, c, error);
+    for (guint i = 0; i < c->runs->len; i++) {
+        const Run *r = &g_array_index(c->runs, Run, i);
+        if (r->kind == RUN_DATA)
+            split_sparse(s, c, r);
         else
-            g_array_append_val(runs, r);
-        pos += r.len;
+            append_run(c->pieces, r->offset, r->len, r->kind);
     }
     return TRUE;
 }
@@ -139,54 +236,71 @@ static gboolean write_zero_range(Convert *s, guint64 offset, guint64 len, GError
     return vmm_block_pwrite_zeroes(s->dst, offset, len, VMM_BDRV_REQ_MAY_UNMAP, error);
 }
 
-/* Writes DATA, leaving out zero stretches of at least min_sparse bytes. */
-static gboolean write_sparse(Convert *s, guint64 offset, guint64 len, const guint8 *data,
-                             GError **error)
+/* A target that starts zeroed holds nothing where we write: let the
+ * protocol reserve each range as one extent (see VMM_BDRV_REQ_ALLOCATE). */
+static int data_write_flags(const Convert *s)
 {
-    if (s->min_sparse == 0)
-        return vmm_block_pwrite(s->dst, offset, len, data, 0, error);
-    guint64 pos = 0;
-    while (pos < len) {
-        /* Granules are aligned to the virtual disk, as qemu-img's sectors. */
-        guint64 gran_end = MIN(len, ((offset + pos) / s->min_sparse + 1) * s->min_sparse - offset);
-        gboolean zero = vmm_buffer_is_zero(data + pos, gran_end - pos);
-        guint64 end = gran_end;
-        while (end < len) {
-            guint64 next = MIN(len, end + s->min_sparse);
-            if (vmm_buffer_is_zero(data + end, next - end) != zero)
-                break;
-            end = next;
-        }
-        gboolean ok = zero ? write_zero_range(s, offset + pos, end - pos, error)
-                           : vmm_block_pwrite(s->dst, offset + pos, end - pos, data + pos, 0, error);
-        if (!ok)
-            return FALSE;
-        pos = end;
+    return s->zero_init ? VMM_BDRV_REQ_ALLOCATE : 0;
+}
+
+static gboolean write_piece(Convert *s, const Chunk *c, const Run *p, GError **error)
+{
+    const guint8 *data = c->buf + (p->offset - c->offset);
+    switch (p->kind) {
+    case RUN_BACKING:
+        return TRUE;
+    case RUN_ZERO:
+        return write_zero_range(s, p->offset, p->len, error);
+    case RUN_DATA:
+        if (s->compress && s->precompress && p->clen > 0)
+            return vmm_block_pwrite_precompressed(s->dst, p->offset, p->len, c->cbuf + (p->offset - c->offset),
+                                                  (gsize)p->clen, error);
+        if (s->compress && !s->precompress)
+            return vmm_block_pwrite_compressed(s->dst, p->offset, p->len, data, error);
+        return vmm_block_pwrite(s->dst, p->offset, p->len, data, c->allocated ? 0 : data_write_flags(s), error);
     }
     return TRUE;
 }
 
-static gboolean write_chunk(Convert *s, guint64 offset, guint64 len, const guint8 *buf,
-                            GArray *runs, GError **error)
+/* Step 2, in chunk order: allocates the data pieces in the target (the
+ * data follows in step 3), or writes them when the target cannot. */
+static gboolean place_chunk(Convert *s, Chunk *c, GError **error)
 {
-    if (s->compress) {
-        gboolean all_backing = runs->len == 1 && g_array_index(runs, Run, 0).kind == RUN_BACKING;
-        if (all_backing)
-            return TRUE;
-        if (vmm_buffer_is_zero(buf, len))
-            return write_zero_range(s, offset, len, error);
-        return vmm_block_pwrite_compressed(s->dst, offset, len, buf, error);
-    }
-    for (guint i = 0; i < runs->len; i++) {
-        const Run *r = &g_array_index(runs, Run, i);
-        const guint8 *data = buf + (r->offset - offset);
-        gboolean ok = TRUE;
-        switch (r->kind) {
-        case RUN_BACKING: break;
-        case RUN_ZERO: ok = write_zero_range(s, r->offset, r->len, error); break;
-        case RUN_DATA: ok = write_sparse(s, r->offset, r->len, data, error); break;
+    c->allocated = g_atomic_int_get(&s->allocate_ahead);
+    for (guint i = 0; i < c->pieces->len; i++) {
+        const Run *p = &g_array_index(c->pieces, Run, i);
+        if (p->kind == RUN_DATA && c->allocated) {
+            GError *err = NULL;
+            if (vmm_block_allocate(s->dst, p->offset, p->len, &err))
+                continue;
+            if (!g_error_matches(err, VMM_ERROR, VMM_ERROR_UNSUPPORTED)) {
+                g_propagate_error(error, err);
+                return FALSE;
+            }
+            /* This target cannot: from here on every write is done in
+             * order, including the pieces of this chunk allocated so far. */
+            g_error_free(err);
+            g_atomic_int_set(&s->allocate_ahead, FALSE);
+            c->allocated = FALSE;
+            for (guint k = 0; k < i; k++)
+                if (g_array_index(c->pieces, Run, k).kind == RUN_DATA &&
+                    !write_piece(s, c, &g_array_index(c->pieces, Run, k), error))
+                    return FALSE;
         }
-        if (!ok)
+        if (!write_piece(s, c, p, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* Step 3: the data of the pieces allocated in step 2. */
+static gboolean fill_chunk(Convert *s, const Chunk *c, GError **error)
+{
+    if (!c->allocated)
+        return TRUE;
+    for (guint i = 0; i < c->pieces->len; i++) {
+        const Run *p = &g_array_index(c->pieces, Run, i);
+        if (p->kind == RUN_DATA && !write_piece(s, c, p, error))
             return FALSE;
     }
     return TRUE;
@@ -200,14 +314,16 @@ static void report_progress(Convert *s, guint64 bytes)
     g_mutex_unlock(&s->lock);
 }
 
-/* In-order mode: wait until chunk IDX may write; FALSE if the copy failed. */
+/* In-order mode: wait until chunk IDX may place its data; FALSE if the copy
+ * failed. The chunks waiting are fewer than the workers and consecutive,
+ * so each waits on its own condition and only its predecessor wakes it. */
 static gboolean wait_turn(Convert *s, guint64 idx)
 {
     if (s->out_of_order)
         return TRUE;
     g_mutex_lock(&s->lock);
     while (s->next_write != idx && !s->error)
-        g_cond_wait(&s->turn, &s->lock);
+        g_cond_wait(&s->turn[idx % s->n_workers], &s->lock);
     gboolean ok = s->error == NULL;
     g_mutex_unlock(&s->lock);
     return ok;
@@ -219,15 +335,19 @@ static void end_turn(Convert *s)
         return;
     g_mutex_lock(&s->lock);
     s->next_write++;
-    g_cond_broadcast(&s->turn);
+    g_cond_signal(&s->turn[s->next_write % s->n_workers]);
     g_mutex_unlock(&s->lock);
 }
 
 static gpointer convert_worker(gpointer opaque)
 {
     Convert *s = opaque;
-    guint8 *buf = g_malloc(s->chunk);
-    GArray *runs = g_array_new(FALSE, FALSE, sizeof(Run));
+    /* Page-aligned: the kernel copies between the page cache and a buffer
+     * that shares its alignment about half again as fast. */
+    Chunk c = {.buf = g_aligned_alloc(s->chunk, 1, CONVERT_BUF_ALIGN),
+               .cbuf = s->precompress ? g_aligned_alloc(s->chunk, 1, CONVERT_BUF_ALIGN) : NULL,
+               .runs = g_array_new(FALSE, FALSE, sizeof(Run)),
+               .pieces = g_array_new(FALSE, FALSE, sizeof(Run))};
     for (;;) {
         g_mutex_lock(&s->lock);
         guint64 idx = s->next_chunk++;
@@ -235,43 +355,70 @@ static gpointer convert_worker(gpointer opaque)
         g_mutex_unlock(&s->lock);
         if (stop)
             break;
-        guint64 offset = idx * s->chunk;
-        guint64 len = MIN(s->chunk, s->total - offset);
+        c.offset = idx * s->chunk;
+        c.len = MIN(s->chunk, s->total - c.offset);
         GError *err = NULL;
-        gboolean ok = read_chunk(s, offset, len, buf, runs, &err);
+        gboolean ok = prepare_chunk(s, &c, &err);
         if (!wait_turn(s, idx)) {
             if (err)
                 g_error_free(err);
             break;
         }
         if (ok)
-            ok = write_chunk(s, offset, len, buf, runs, &err);
+            ok = place_chunk(s, &c, &err);
         end_turn(s);
+        if (ok)
+            ok = fill_chunk(s, &c, &err);
         if (!ok) {
             convert_fail(s, err);
             break;
         }
-        report_progress(s, len);
+        report_progress(s, c.len);
     }
-    g_array_unref(runs);
-    g_free(buf);
+    g_array_unref(c.runs);
+    g_array_unref(c.pieces);
+    g_aligned_free(c.buf);
+    g_aligned_free(c.cbuf);
     return NULL;
+}
+
+static gboolean uses_page_cache(VmmBlockDev *bs)
+{
+    return !(bs->open_flags & VMM_BDRV_O_NOCACHE) && (!bs->file || uses_page_cache(bs->file));
+}
+
+/* -m requests in flight, one per thread. Through the page cache a copy is
+ * bound by the CPU (memory copies), and more threads than processors only
+ * contend for caches and the files' locks: measured on 2 CPUs, 8 threads
+ * took 1.5 times as long as 2. Direct I/O waits on the device, where all
+ * of -m pays off. */
+static guint worker_count(Convert *s, guint requested)
+{
+    guint n = MAX(1, MIN(requested, CONVERT_MAX_WORKERS));
+    gboolean buffered = uses_page_cache(s->dst);
+    for (guint i = 0; i < s->n_src; i++)
+        buffered = buffered && uses_page_cache(s->src[i]);
+    if (buffered)
+        n = MIN(n, MAX(1u, g_get_num_processors()));
+    return n;
 }
 
 static gboolean run_convert(Convert *s, guint workers, GError **error)
 {
-    g_mutex_init(&s->lock);
-    g_cond_init(&s->turn);
-    s->n_chunks = (s->total + s->chunk - 1) / s->chunk;
     GThread *threads[CONVERT_MAX_WORKERS];
-    guint n = MAX(1, MIN(workers, CONVERT_MAX_WORKERS));
-    for (guint i = 0; i < n; i++)
+
+    s->n_workers = worker_count(s, workers);
+    g_mutex_init(&s->lock);
+    for (guint i = 0; i < s->n_workers; i++)
+        g_cond_init(&s->turn[i]);
+    s->n_chunks = (s->total + s->chunk - 1) / s->chunk;
+    for (guint i = 0; i < s->n_workers; i++)
         threads[i] = g_thread_new("convert", convert_worker, s);
-    for (guint i = 0; i < n; i++)
+    for (guint i = 0; i < s->n_workers; i++)
         g_thread_join(threads[i]);
     g_mutex_clear(&s->lock);
-    g_cond_clear(&s->turn);
-    (void)convert_failed;
+    for (guint i = 0; i < s->n_workers; i++)
+        g_cond_clear(&s->turn[i]);
     if (s->error) {
         g_propagate_error(error, s->error);
         s->error = NULL;
@@ -279,6 +426,7 @@ static gboolean run_convert(Convert *s, guint workers, GError **error)
     }
     return TRUE;
 }
+
 
 typedef struct {
     const char *src_fmt, *out_fmt, *out_baseimg, *out_basefmt, *cache, *src_cache;
@@ -485,14 +633,21 @@ int img_convert(int argc, char **argv)
             close_all(src, n_src, dst);
             return 1;
         }
-        s.chunk = img_cluster_size(dst);
-        if (s.chunk == 0)
-            s.chunk = 65536;
+        s.cluster = img_cluster_size(dst);
+        if (s.cluster == 0)
+            s.cluster = 65536;
+        /* Chunks of whole clusters: compressed clusters are placed whole. */
+        s.chunk = (CONVERT_CHUNK + s.cluster - 1) / s.cluster * s.cluster;
+        s.precompress = dst->drv->compress_cluster && dst->drv->pwrite_precompressed;
     }
     if (a.target_is_zero)
         s.zero_init = TRUE;
     else if (!a.skip_create && !s.target_has_backing && dst->drv->has_zero_init)
         s.zero_init = dst->drv->has_zero_init(dst);
+    /* Allocating ahead keeps what the target reads (zeroes): only where
+     * nothing else (old data, a backing file) would show through. */
+    s.allocate_ahead = s.zero_init && !s.target_has_backing && !a.compress &&
+                       !getenv("VMM_IMG_CONVERT_NO_ALLOCATE"); /* tests force the fallback */
 
     img_progress_init(a.progress && !a.quiet, 1.0);
     gboolean ok = run_convert(&s, a.workers, &err);

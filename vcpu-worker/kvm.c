@@ -54,6 +54,17 @@ gboolean vmm_kvm_open(VmmKvm *kvm, int kvm_fd, GError **error)
     return TRUE;
 }
 
+gboolean vmm_kvm_new_vm(VmmKvm *kvm, GError **error)
+{
+    int fd = ioctl(kvm->kvm_fd, KVM_CREATE_VM, 0);
+    if (fd < 0)
+        return vmm_set_errno(error, errno, "/dev/kvm: KVM_CREATE_VM");
+    if (kvm->vm_fd >= 0)
+        close(kvm->vm_fd);
+    kvm->vm_fd = fd;
+    return TRUE;
+}
+
 void vmm_kvm_close(VmmKvm *kvm)
 {
     if (kvm->vm_fd >= 0)

@@ -2,8 +2,10 @@
  * vCPU thread; the guest's end travels to the helper's loop by a uv_async. */
 #include "vcpu-worker/machine.h"
 #include "vcpu-worker/acpi.h"
+#include "vcpu-worker/chardev.h"
 #include "vcpu-worker/disks.h"
 #include "vcpu-worker/rngs.h"
+#include "vcpu-worker/fsdevs.h"
 #include "vcpu-worker/i8042.h"
 #include "vcpu-worker/serial.h"
 #include "vcpu-worker/vm.h"
@@ -11,6 +13,8 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +25,7 @@ typedef struct {
     struct VmmMachine *m;
     VmmVcpu *vcpu;
     GThread *thread;
+    gint tid;                   /* atomic: the thread's Linux id, 0 until it runs */
 } VmmMachineCpu;
 
 struct VmmMachine {
@@ -36,10 +41,12 @@ struct VmmMachine {
     guint parked;
     VmmSerial *com1;
     VmmIrqLine com1_irq;
+    VmmChardev *console;        /* COM1's backend (borrowed), or NULL: stderr */
     VmmI8042 *i8042;
     gint ged_events;            /* atomic: the GED's event selector, read clears */
     struct VmmDisks *disks;     /* plugged into the VM's virtio-mmio slots */
     struct VmmRngs *rngs;       /* in the slots after the drives */
+    struct VmmFsdevs *fsdevs;   /* virtio-9p, in the slots after the rngs */
 
     gboolean async_open;        /* closed only by vmm_machine_free */
     gint ended;                 /* atomic: 0 until the first end wins */
@@ -96,6 +103,11 @@ static void on_ended_async(uv_async_t *a)
 
 static void com1_output(void *opaque, const uint8_t *buf, size_t len)
 {
+    VmmMachine *m = opaque;
+    if (m->console) {
+        vmm_chardev_write(m->console, buf, len);
+        return;
+    }
     /* Console output is best effort: a closed stderr must not stop the guest. */
     while (len > 0) {
         ssize_t n = write(STDERR_FILENO, buf, len);
@@ -106,6 +118,19 @@ static void com1_output(void *opaque, const uint8_t *buf, size_t len)
         buf += n;
         len -= (size_t)n;
     }
+}
+
+static void com1_rx_ready(void *opaque)
+{
+    VmmMachine *m = opaque;
+    if (m->console)
+        vmm_chardev_rx_ready(m->console);
+}
+
+static size_t com1_receive(void *opaque, const uint8_t *buf, size_t len)
+{
+    VmmMachine *m = opaque;
+    return vmm_serial_receive(m->com1, buf, len);
 }
 
 static void com1_set_irq(void *opaque, bool level)
@@ -230,7 +255,8 @@ void vmm_machine_powerdown(VmmMachine *m)
 
 static gboolean add_devices(VmmMachine *m, GError **error)
 {
-    VmmSerialHost com1_host = { .write = com1_output, .set_irq = com1_set_irq, .opaque = m };
+    VmmSerialHost com1_host = { .write = com1_output, .rx_ready = com1_rx_ready,
+                                .set_irq = com1_set_irq, .opaque = m };
     m->com1_irq = (VmmIrqLine){ .vm = &m->vm, .gsi = VMM_SERIAL_COM1_IRQ };
     m->com1 = vmm_serial_new("com1", &com1_host);
     VmmI8042Host i8042_host = { .reset = i8042_reset, .opaque = m };
@@ -286,11 +312,13 @@ static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInf
     static const VmmSerialPort com1 = { .port = VMM_SERIAL_COM1_BASE, .irq = VMM_SERIAL_COM1_IRQ };
     VmmVirtioMmioSlot virtio[VMM_VIRTIO_MMIO_MAX];
     guint n_disks = vmm_disks_slots(spec->disks, virtio, VMM_VIRTIO_MMIO_MAX);
+    guint n_rngs = vmm_rngs_slots(spec->rngs, n_disks, virtio + n_disks, VMM_VIRTIO_MMIO_MAX - n_disks);
+    guint n_9p = vmm_fsdevs_slots(spec->fsdevs, n_disks + n_rngs, virtio + n_disks + n_rngs,
+                                  VMM_VIRTIO_MMIO_MAX - n_disks - n_rngs);
     VmmGuestConfig cfg = {
         .ram_size = spec->ram_size, .ncpus = MAX(spec->vcpus, 1), .serial = &com1, .n_serial = 1,
         .virtio = virtio,
-        .n_virtio = n_disks + vmm_rngs_slots(spec->rngs, n_disks, virtio + n_disks,
-                                             VMM_VIRTIO_MMIO_MAX - n_disks),
+        .n_virtio = n_disks + n_rngs + n_9p,
     };
     VmmAcpiTables tables;
     g_autofree guint8 *kernel = NULL, *initrd = NULL;
@@ -330,6 +358,12 @@ static gpointer vcpu_thread(gpointer data)
 {
     VmmMachineCpu *cpu = data;
     VmmMachine *m = cpu->m;
+    g_atomic_int_set(&cpu->tid, (gint)gettid());
+    /* A console whose reader went away must give EPIPE, not kill us. */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
     for (;;) {
         wait_while_paused(m);
         if (g_atomic_int_get(&m->ended))
@@ -413,6 +447,16 @@ void vmm_machine_resume(VmmMachine *m)
     g_mutex_unlock(&m->run_lock);
 }
 
+guint vmm_machine_n_vcpus(VmmMachine *m)
+{
+    return m->n_vcpus;
+}
+
+int vmm_machine_vcpu_tid(VmmMachine *m, guint index)
+{
+    return index < m->n_vcpus ? g_atomic_int_get(&m->cpus[index].tid) : 0;
+}
+
 gboolean vmm_machine_paused(VmmMachine *m)
 {
     g_mutex_lock(&m->run_lock);
@@ -449,17 +493,23 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
     if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, &spec->ram_mapping, error) ||
         !load_guest(m, spec, &boot, error) || !add_devices(m, error) || !add_ged(m, error))
         goto fail;
+    m->console = spec->console;
+    if (m->console)
+        vmm_chardev_set_receiver(m->console, com1_receive, m);
     m->disks = spec->disks;
     if (!vmm_disks_plug(m->disks, &m->vm, error))
         goto fail;
-    if (vmm_disks_count(m->disks) + vmm_rngs_count(spec->rngs) > VMM_VIRTIO_MMIO_MAX) {
+    guint n_virtio = vmm_disks_count(m->disks) + vmm_rngs_count(spec->rngs) + vmm_fsdevs_count(spec->fsdevs);
+    if (n_virtio > VMM_VIRTIO_MMIO_MAX) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%u virtio devices: the machine has %d "
-                    "virtio-mmio slots", vmm_disks_count(m->disks) + vmm_rngs_count(spec->rngs),
-                    VMM_VIRTIO_MMIO_MAX);
+                    "virtio-mmio slots", n_virtio, VMM_VIRTIO_MMIO_MAX);
         goto fail;
     }
     m->rngs = spec->rngs;
     if (!vmm_rngs_plug(m->rngs, &m->vm, vmm_disks_count(m->disks), error))
+        goto fail;
+    m->fsdevs = spec->fsdevs;
+    if (!vmm_fsdevs_plug(m->fsdevs, &m->vm, vmm_disks_count(m->disks) + vmm_rngs_count(m->rngs), error))
         goto fail;
     if (!create_vcpus(m, &boot, error))
         goto fail;
@@ -508,6 +558,9 @@ void vmm_machine_free(VmmMachine *m)
         vmm_vcpu_free(m->cpus[i].vcpu);
         m->cpus[i].vcpu = NULL;
     }
+    if (m->console)
+        vmm_chardev_set_receiver(m->console, NULL, NULL);
+    m->console = NULL;
     vmm_serial_free(m->com1);
     m->com1 = NULL;
     vmm_i8042_free(m->i8042);
@@ -516,6 +569,8 @@ void vmm_machine_free(VmmMachine *m)
     m->disks = NULL;
     vmm_rngs_unplug(m->rngs);
     m->rngs = NULL;
+    vmm_fsdevs_unplug(m->fsdevs);
+    m->fsdevs = NULL;
     if (m->vm_ready)
         vmm_vm_cleanup(&m->vm);
     m->vm_ready = FALSE;

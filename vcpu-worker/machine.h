@@ -34,8 +34,10 @@ typedef struct {
     int initrd_fd;              /* -1: none; borrowed */
     gboolean irqchip;           /* in-kernel irqchip and PIT */
     gboolean start_paused;      /* -S: the vCPUs wait for vmm_machine_resume() */
+    struct VmmChardev *console; /* COM1's backend (chardev.h), borrowed; NULL: stderr */
     struct VmmDisks *disks;     /* the attached drives (disks.h), or NULL; borrowed */
     struct VmmRngs *rngs;       /* the virtio-rng devices (rngs.h), or NULL; borrowed */
+    struct VmmFsdevs *fsdevs;   /* the virtio-9p devices (fsdevs.h), or NULL; borrowed */
 } VmmMachineSpec;
 
 /* Called on LOOP's thread once, when the guest ends. REASON names the cause
@@ -53,6 +55,9 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
 void vmm_machine_pause(VmmMachine *m);
 void vmm_machine_resume(VmmMachine *m);
 gboolean vmm_machine_paused(VmmMachine *m);
+guint vmm_machine_n_vcpus(VmmMachine *m);
+/* The Linux thread id of vCPU INDEX's thread (QMP query-cpus-fast), 0 if unknown. */
+int vmm_machine_vcpu_tid(VmmMachine *m, guint index);
 /* The ACPI power button (QMP system_powerdown): the GED's event bit and a
  * pulse on its interrupt; the guest's ACPI code does the rest. Any thread. */
 void vmm_machine_powerdown(VmmMachine *m);

@@ -4,8 +4,10 @@
 #include "common/helper.h"
 #include "common/profiles.h"
 #include "proto/control.h"
+#include "vcpu-worker/chardev.h"
 #include "vcpu-worker/disks.h"
 #include "vcpu-worker/rngs.h"
+#include "vcpu-worker/fsdevs.h"
 #include "vcpu-worker/kvm.h"
 #include "vcpu-worker/machine.h"
 
@@ -15,6 +17,11 @@ static VmmKvm kvm = { .kvm_fd = -1, .vm_fd = -1 };
 static VmmMachine *machine;
 static VmmDisks *disks;         /* the drives vmmd attached (disks.h) */
 static VmmRngs *rngs;           /* the virtio-rng devices (rngs.h) */
+static VmmFsdevs *fsdevs;       /* the virtio-9p devices (fsdevs.h) */
+static VmmChardev *console;     /* COM1's backend (chardev.h); NULL: our stderr */
+/* What vm-start was given, kept for vm-reset: the fds and the command line
+ * are owned here. */
+static VmmMachineSpec boot_spec = { .ram_fd = -1, .kernel_fd = -1, .initrd_fd = -1 };
 
 static void setup_kvm(VmmChannelRequest *req)
 {
@@ -56,6 +63,15 @@ static void close_fds(int *fds, guint n)
     }
 }
 
+static void keep_boot_spec(const VmmMachineSpec *spec)
+{
+    g_free((char *)boot_spec.cmdline);
+    int old[3] = { boot_spec.ram_fd, boot_spec.kernel_fd, boot_spec.initrd_fd };
+    close_fds(old, 3);
+    boot_spec = *spec;
+    boot_spec.cmdline = g_strdup(spec->cmdline);
+}
+
 /* args {"ram-size","vcpus","cmdline"?,"irqchip"?,"ram-share"?,"ram-prealloc"?,"mem-merge"?,
  * "dump-guest-core"?}, fds [RAM memfd, kernel, initrd?] */
 static void vm_start(VmmHelper *h, VmmChannelRequest *req)
@@ -80,6 +96,7 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
             .cmdline = json_object_get_string_member_with_default(args, "cmdline", NULL),
             .ram_fd = fds[0], .kernel_fd = fds[1], .initrd_fd = fds[2],
             .irqchip = json_object_get_boolean_member_with_default(args, "irqchip", TRUE),
+            .start_paused = json_object_get_boolean_member_with_default(args, "paused", FALSE),
             .ram_mapping = {
                 .private_copy = !json_object_get_boolean_member_with_default(args, "ram-share", TRUE),
                 .prealloc = json_object_get_boolean_member_with_default(args, "ram-prealloc", FALSE),
@@ -88,15 +105,85 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
             },
             .disks = disks,
             .rngs = rngs,
+            .fsdevs = fsdevs,
+            .console = console,
         };
         machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &spec, on_guest_end, h, &err);
-        if (machine)
+        if (machine) {
+            keep_boot_spec(&spec);
+            fds[0] = fds[1] = fds[2] = -1;
             vmm_channel_reply(req, NULL, NULL, 0);
-        else
+        } else
             vmm_channel_reply_gerror(req, err);
     }
-    /* The RAM stays mapped and the images are copied: no fd is kept. */
     close_fds(fds, 3);
+}
+
+/* vm-reset: a new KVM VM and a new machine from the kept vm-start (the same
+ * RAM, kernel and initrd fds): KVM cannot put an irqchip, a PIT and vCPUs
+ * back to their power-on state, a fresh VM has it. A paused guest stays
+ * paused. The virtio devices would lose their backends on unplug, so a
+ * machine with any is refused for now. */
+static void vm_reset(VmmHelper *h, VmmChannelRequest *req)
+{
+    g_autoptr(GError) err = NULL;
+    if (!machine || boot_spec.ram_fd < 0) {
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-reset: no guest was started");
+        return;
+    }
+    if (vmm_disks_count(disks) + vmm_rngs_count(rngs) + vmm_fsdevs_count(fsdevs) > 0) {
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-reset: a system reset with virtio "
+                                "devices is not supported yet");
+        return;
+    }
+    boot_spec.start_paused = vmm_machine_paused(machine);
+    vmm_machine_free(machine);
+    machine = NULL;
+    if (vmm_kvm_new_vm(&kvm, &err))
+        machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &boot_spec, on_guest_end, h, &err);
+    if (machine)
+        vmm_channel_reply(req, NULL, NULL, 0);
+    else
+        vmm_channel_reply_gerror(req, err);
+}
+
+/* serial-attach {"input": bool, "output": bool, "socket": bool}: COM1's
+ * backend, fds [input?, output?], or for a socket [connected socket] used
+ * both ways. Replaces what was attached (a new socket client); nothing
+ * attached at all means output on our stderr. */
+static void serial_attach(VmmHelper *h, VmmChannelRequest *req)
+{
+    JsonObject *args = vmm_channel_request_args(req);
+    gboolean socket = json_object_get_boolean_member_with_default(args, "socket", FALSE);
+    gboolean in = socket || json_object_get_boolean_member_with_default(args, "input", FALSE);
+    gboolean out = socket || json_object_get_boolean_member_with_default(args, "output", FALSE);
+    guint next = 0;
+    int in_fd = in ? vmm_channel_request_take_fd(req, next++) : -1;
+    int out_fd = socket ? in_fd : out ? vmm_channel_request_take_fd(req, next++) : -1;
+    if ((in && in_fd < 0) || (out && out_fd < 0)) {
+        int fds[2] = { in_fd, socket ? -1 : out_fd };
+        close_fds(fds, 2);
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "serial-attach: the fds it names were not passed");
+        return;
+    }
+    if (!console)
+        console = vmm_chardev_new("serial0", vmm_helper_loop(h));
+    vmm_chardev_set_fds(console, in_fd, out_fd);
+    vmm_channel_reply(req, NULL, NULL, 0);
+}
+
+static void vm_query_cpus(VmmChannelRequest *req)
+{
+    JsonArray *cpus = json_array_new();
+    for (guint i = 0; machine && i < vmm_machine_n_vcpus(machine); i++) {
+        JsonObject *o = json_object_new();
+        json_object_set_int_member(o, "cpu-index", i);
+        json_object_set_int_member(o, "thread-id", vmm_machine_vcpu_tid(machine, i));
+        json_array_add_object_element(cpus, o);
+    }
+    JsonObject *r = json_object_new();
+    json_object_set_array_member(r, "cpus", cpus);
+    vmm_channel_reply(req, r, NULL, 0);
 }
 
 /* A failed guest request and its werror/rerror action: vmmd makes QMP's
@@ -159,6 +246,23 @@ static void rng_attach(VmmChannelRequest *req)
         vmm_channel_reply_gerror(req, err);
 }
 
+/* vm-stop, vm-cont, vm-powerdown: the running guest's controls. vm-stop
+ * answers once every vCPU is out of KVM_RUN. */
+static void vm_control(VmmChannelRequest *req, const char *cmd)
+{
+    if (!machine) {
+        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "%s: no guest is running", cmd);
+        return;
+    }
+    if (g_str_equal(cmd, VMM_CMD_VM_STOP))
+        vmm_machine_pause(machine);
+    else if (g_str_equal(cmd, VMM_CMD_VM_CONT))
+        vmm_machine_resume(machine);
+    else
+        vmm_machine_powerdown(machine);
+    vmm_channel_reply(req, NULL, NULL, 0);
+}
+
 static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
 {
     const char *cmd = vmm_channel_request_command(req);
@@ -174,6 +278,17 @@ static gboolean handle_request(VmmHelper *h, VmmChannelRequest *req)
         drive_command(h, req, TRUE);
     else if (g_str_equal(cmd, VMM_CMD_RNG_ATTACH))
         rng_attach(req);
+    else if (g_str_equal(cmd, VMM_CMD_FSDEV_ATTACH) || g_str_equal(cmd, VMM_CMD_FSDEV_RECONNECT))
+        vmm_fsdevs_command(&fsdevs, h, req);
+    else if (g_str_equal(cmd, VMM_CMD_SERIAL_ATTACH))
+        serial_attach(h, req);
+    else if (g_str_equal(cmd, VMM_CMD_VM_RESET))
+        vm_reset(h, req);
+    else if (g_str_equal(cmd, VMM_CMD_VM_QUERY_CPUS))
+        vm_query_cpus(req);
+    else if (g_str_equal(cmd, VMM_CMD_VM_STOP) || g_str_equal(cmd, VMM_CMD_VM_CONT) ||
+             g_str_equal(cmd, VMM_CMD_VM_POWERDOWN))
+        vm_control(req, cmd);
     else
         return FALSE;
     return TRUE;
@@ -188,6 +303,10 @@ static void cleanup(VmmHelper *h)
     disks = NULL;
     vmm_rngs_free(rngs);
     rngs = NULL;
+    vmm_fsdevs_free(fsdevs);
+    fsdevs = NULL;
+    vmm_chardev_free(console);
+    console = NULL;
 }
 
 int main(int argc, char **argv)

@@ -24,6 +24,7 @@ gboolean vmm_vm_init(VmmVm *vm, VmmKvm *kvm, const VmmVmOptions *opts, GError **
     vm->mmio = vmm_bus_new("mmio");
     vm->irqchip = opts->irqchip;
 
+    vm->tsc_deadline = ioctl(kvm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
     vm->vcpu_mmap_size = ioctl(kvm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (vm->vcpu_mmap_size < (int)sizeof(struct kvm_run))
         return vmm_set_errno(error, errno, "KVM VM: KVM_GET_VCPU_MMAP_SIZE");
@@ -194,6 +195,7 @@ gboolean vmm_vm_ioeventfd_remove(VmmVm *vm, const VmmIoEvent *ev, int event_fd, 
 #define CPUID_KVM_SIGNATURE 0x40000000u
 #define CPUID_KVM_FEATURES 0x40000001u
 #define CPUID_1_ECX_HYPERVISOR (1u << 31)
+#define CPUID_1_ECX_TSC_DEADLINE (1u << 24)
 
 static struct kvm_cpuid2 *cpuid_alloc(guint32 nent)
 {
@@ -274,6 +276,13 @@ static struct kvm_cpuid2 *vcpu_cpuid(VmmVm *vm, guint32 apic_id, GError **error)
         case 1:     /* initial APIC ID in EBX[31:24]; we are a guest */
             e->ebx = (e->ebx & 0x00ffffffu) | (apic_id << 24);
             e->ecx |= CPUID_1_ECX_HYPERVISOR;
+            /* KVM_GET_SUPPORTED_CPUID leaves the TSC-deadline timer out: the
+             * in-kernel LAPIC emulates it whenever the capability says so
+             * (QEMU and firecracker set it the same way). Without it Linux
+             * calibrates the LAPIC timer against the PIT, which a nested or
+             * busy host makes unreliable. */
+            if (vm->irqchip && vm->tsc_deadline)
+                e->ecx |= CPUID_1_ECX_TSC_DEADLINE;
             break;
         case 0xb:   /* x2APIC ID in EDX for every topology level */
         case 0x1f:

@@ -31,6 +31,7 @@ typedef struct {
     VmmBus *pio;            /* port I/O, 0..0xffff */
     VmmBus *mmio;           /* guest physical addresses that are not RAM */
     gboolean irqchip;
+    gboolean tsc_deadline;  /* KVM_CAP_TSC_DEADLINE_TIMER */
     guint8 *ram;            /* low RAM then high RAM, MAP_SHARED from the memfd */
     guint64 ram_size;
     int vcpu_mmap_size;     /* KVM_GET_VCPU_MMAP_SIZE */

@@ -3,6 +3,7 @@
 #include "vmmd/vmmd.h"
 #include "vmmd/memory-backend.h"
 #include "vmmd/rng.h"
+#include "vmmd/serial.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/profiles.h"
@@ -86,7 +87,9 @@ static gboolean write_pidfile(const char *path, GError **error)
 
 static void on_helpers_up(Vmmd *d)
 {
-    d->status = "running";
+    /* With a guest, vm.c owns the status (prelaunch until it runs). */
+    if (!d->config->vm || !d->config->vm->kernel)
+        d->status = "running";
     vmm_notice("all helpers up (%u); serving QMP", d->helpers->len);
     g_autofree char *state = g_strdup_printf("READY=1\nSTATUS=running, %u helpers", d->helpers->len);
     vmm_sd_notify(state, NULL);
@@ -119,6 +122,7 @@ static void close_any_handle(uv_handle_t *h, void *arg)
 
 static void finish(Vmmd *d)
 {
+    vmm_serial_backend_close(d);
     for (guint i = 0; i < d->qmp_servers->len; i++)
         vmm_qmp_stop(d->qmp_servers->pdata[i]);
     g_ptr_array_set_size(d->qmp_servers, 0);

@@ -2,6 +2,9 @@
 #include "vmmd/qmp.h"
 #include "vmmd/memory-backend.h"
 #include "vmmd/drive-run.h"
+#include "vmmd/machine.h"
+#include "vmmd/vm.h"
+#include "vmmd/vm-options.h"
 #include "common/log.h"
 #include "proto/control.h"
 
@@ -165,6 +168,159 @@ static void cmd_query_memdev(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
     json_array_unref(list);
 }
 
+/* ---- The VM's run state ---- */
+
+static void on_vm_done(Vmmd *d, const GError *error, gpointer user)
+{
+    VmmQmpRequest *req = user;
+    if (error)
+        vmm_qmp_error(req, "GenericError", "%s", error->message);
+    else
+        vmm_qmp_return(req, NULL);
+}
+
+static void cmd_stop(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    vmm_vm_stop(d, "paused", on_vm_done, req);
+}
+
+static void cmd_cont(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    vmm_vm_cont(d, on_vm_done, req);
+}
+
+static void cmd_system_reset(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    vmm_vm_reset(d, "host-qmp-system-reset", FALSE, on_vm_done, req);
+}
+
+static void cmd_system_powerdown(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    vmm_vm_powerdown(d, on_vm_done, req);
+}
+
+/* ---- query-cpus-fast ---- */
+
+/* QEMU's fields for an x86 CPU; TID is the vCPU thread in vcpu-worker. */
+static JsonObject *cpu_info(Vmmd *d, guint index, gint64 tid)
+{
+    const VmmVmConfig *vm = d->config->vm;
+    guint64 threads = MAX(vm->threads, 1), cores = MAX(vm->cores, 1);
+    JsonObject *props = json_object_new();
+    json_object_set_int_member(props, "core-id", (gint64)((index / threads) % cores));
+    json_object_set_int_member(props, "thread-id", (gint64)(index % threads));
+    json_object_set_int_member(props, "socket-id", (gint64)(index / (threads * cores)));
+    JsonObject *o = json_object_new();
+    g_autofree char *path = g_strdup_printf("/machine/unattached/device[%u]", index);
+    json_object_set_int_member(o, "cpu-index", index);
+    json_object_set_string_member(o, "qom-path", path);
+    json_object_set_int_member(o, "thread-id", tid);
+    json_object_set_object_member(o, "props", props);
+    json_object_set_string_member(o, "target", "x86_64");
+    return o;
+}
+
+typedef struct {
+    Vmmd *d;
+    VmmQmpRequest *req;
+} CpusQuery;
+
+/* RESULT (vcpu-worker's vm-query-cpus) may be NULL: thread ids are then 0. */
+static void return_cpus(CpusQuery *q, JsonObject *result)
+{
+    JsonArray *tids = result && json_object_has_member(result, "cpus") ?
+                      json_object_get_array_member(result, "cpus") : NULL;
+    JsonArray *out = json_array_new();
+    guint n = (guint)MAX(q->d->config->vm ? q->d->config->vm->cpus : 1, 1);
+    for (guint i = 0; i < n; i++) {
+        gint64 tid = 0;
+        if (tids && i < json_array_get_length(tids))
+            tid = json_object_get_int_member_with_default(json_array_get_object_element(tids, i),
+                                                          "thread-id", 0);
+        json_array_add_object_element(out, cpu_info(q->d, i, tid));
+    }
+    vmm_qmp_return(q->req, json_node_init_array(json_node_alloc(), out));
+    json_array_unref(out);
+    g_free(q);
+}
+
+static void on_query_cpus(VmmChannel *ch, JsonObject *result, const GError *error, int *fds,
+                          guint nfds, gpointer user)
+{
+    return_cpus(user, error ? NULL : result);
+}
+
+static void cmd_query_cpus_fast(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    CpusQuery *q = g_new0(CpusQuery, 1);
+    q->d = d;
+    q->req = req;
+    VmmHelperProc *hp = vmm_supervisor_find(d, "vcpu-worker");
+    VmmChannel *ch = hp ? vmm_helper_proc_channel(hp) : NULL;
+    if (d->guest_state != VMM_GUEST_RUNNING || !ch || !vmm_channel_is_ready(ch) ||
+        !vmm_channel_call(ch, VMM_CMD_VM_QUERY_CPUS, NULL, NULL, 0, on_query_cpus, q, NULL))
+        return_cpus(q, NULL);
+}
+
+/* ---- query-machines ---- */
+
+static void cmd_query_machines(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    JsonArray *list = json_array_new();
+    for (const VmmMachineType *const *t = vmm_machine_registry(); *t; t++) {
+        JsonObject *o = json_object_new();
+        json_object_set_string_member(o, "name", (*t)->name);
+        if ((*t)->alias)
+            json_object_set_string_member(o, "alias", (*t)->alias);
+        if ((*t)->is_default)
+            json_object_set_boolean_member(o, "is-default", TRUE);
+        json_object_set_int_member(o, "cpu-max", (*t)->max_cpus);
+        json_object_set_boolean_member(o, "hotpluggable-cpus", FALSE);
+        json_object_set_boolean_member(o, "numa-mem-supported", FALSE);
+        json_object_set_boolean_member(o, "deprecated", FALSE);
+        json_object_set_string_member(o, "default-cpu-type", "host-x86_64-cpu");
+        json_object_set_string_member(o, "default-ram-id", "microvm.ram");
+        json_array_add_object_element(list, o);
+    }
+    vmm_qmp_return(req, json_node_init_array(json_node_alloc(), list));
+    json_array_unref(list);
+}
+
+/* ---- human-monitor-command ---- */
+
+/* HMP "info status", as QEMU prints it: the state in parentheses unless it
+ * is plain running or paused. */
+static char *hmp_info_status(Vmmd *d)
+{
+    gboolean running = g_str_equal(d->status, "running");
+    gboolean plain = running || g_str_equal(d->status, "paused");
+    return g_strdup_printf("VM status: %s%s%s%s\r\n", running ? "running" : "paused",
+                           plain ? "" : " (", plain ? "" : d->status, plain ? "" : ")");
+}
+
+static void cmd_human_monitor_command(Vmmd *d, VmmQmpRequest *req, JsonObject *args)
+{
+    const char *line = json_object_get_string_member_with_default(args, "command-line", NULL);
+    if (!line) {
+        vmm_qmp_error(req, "GenericError", "Parameter 'command-line' is missing");
+        return;
+    }
+    /* Words separated by any run of blanks, as HMP's parser reads them. */
+    g_auto(GStrv) words = g_strsplit_set(line, " \t", -1);
+    g_autoptr(GString) norm = g_string_new(NULL);
+    for (guint i = 0; words[i]; i++) {
+        if (*words[i])
+            g_string_append_printf(norm, "%s%s", norm->len ? " " : "", words[i]);
+    }
+    const char *cmdline = norm->str;
+    g_autofree char *out = NULL;
+    if (g_str_equal(cmdline, "info status"))
+        out = hmp_info_status(d);
+    else
+        out = g_strdup_printf("unknown command: '%s'\r\n", cmdline);
+    vmm_qmp_return(req, json_node_init_string(json_node_alloc(), out));
+}
+
 static const VmmQmpCommand commands[] = {
     { "qmp_capabilities", cmd_qmp_capabilities, (const char *const[]){ "enable", NULL } },
     { "query-version", cmd_query_version, NULL },
@@ -176,6 +332,14 @@ static const VmmQmpCommand commands[] = {
     { "query-memdev", cmd_query_memdev, NULL },
     { "query-helpers", cmd_query_helpers, NULL },
     { "quit", cmd_quit, NULL },
+    { "stop", cmd_stop, NULL },
+    { "cont", cmd_cont, NULL },
+    { "system_reset", cmd_system_reset, NULL },
+    { "system_powerdown", cmd_system_powerdown, NULL },
+    { "query-cpus-fast", cmd_query_cpus_fast, NULL },
+    { "query-machines", cmd_query_machines, (const char *const[]){ "compat-props", NULL } },
+    { "human-monitor-command", cmd_human_monitor_command,
+      (const char *const[]){ "command-line", "cpu-index", NULL } },
 };
 
 const VmmQmpCommand *vmm_qmp_commands(guint *n)

@@ -4,6 +4,7 @@
 #include "vmmd/vmmd.h"
 #include "vmmd/vm.h"
 #include "vmmd/drive-run.h"
+#include "vmmd/fsdev-run.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/spawn.h"
@@ -131,6 +132,7 @@ static void on_first_status(VmmChannel *ch, JsonObject *result, const GError *er
     hp->state = HELPER_RUNNING;
     hp->ever_up = TRUE;
     vmm_drives_helper_up(hp->d, hp, restarted);
+    vmm_fsdevs_helper_up(hp->d, hp, restarted);
     if (g_str_equal(hp->role, "vcpu-worker") && hp->d->kvm_fd >= 0)
         vmm_channel_call(ch, "setup-kvm", NULL, &hp->d->kvm_fd, 1, on_kvm_setup, hp, NULL);
     else if (g_str_equal(hp->role, "vcpu-worker"))
@@ -156,7 +158,8 @@ static void on_helper_event(VmmChannel *ch, const char *name, JsonObject *data, 
 {
     VmmHelperProc *hp = user;
     vmm_debug("helper %s: event %s", hp->role, name);
-    if (g_str_equal(hp->role, "vcpu-worker") && !vmm_drives_handle_event(hp->d, name, data))
+    if (g_str_equal(hp->role, "vcpu-worker") && !vmm_drives_handle_event(hp->d, name, data) &&
+        !vmm_fsdevs_handle_event(hp->d, name, data))
         vmm_vm_handle_event(hp->d, name, data);
 }
 

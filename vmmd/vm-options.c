@@ -15,7 +15,16 @@ static void serial_free(gpointer p)
 {
     VmmSerialConfig *s = p;
     g_free(s->path);
+    g_free(s->chardev);
     g_free(s);
+}
+
+static void chardev_free(gpointer p)
+{
+    VmmChardevConfig *c = p;
+    g_free(c->id);
+    g_free(c->backend.path);
+    g_free(c);
 }
 
 static void object_free(gpointer p)
@@ -35,9 +44,11 @@ void vmm_vm_config_init(VmmVmConfig *vm)
     vm->cpu_model = g_strdup("host");
     vm->cpu_features = g_ptr_array_new_with_free_func(g_free);
     vm->serials = g_ptr_array_new_with_free_func(serial_free);
+    vm->chardevs = g_ptr_array_new_with_free_func(chardev_free);
     vm->objects = g_ptr_array_new_with_free_func(object_free);
     vm->rng_devices = g_ptr_array_new_with_free_func(vmm_rng_device_free);
     vmm_drive_set_init(&vm->drives);
+    vmm_fsdev_set_init(&vm->fsdevs);
 }
 
 void vmm_vm_config_clear(VmmVmConfig *vm)
@@ -49,9 +60,11 @@ void vmm_vm_config_clear(VmmVmConfig *vm)
     g_free(vm->initrd);
     g_free(vm->append);
     g_ptr_array_unref(vm->serials);
+    g_ptr_array_unref(vm->chardevs);
     g_ptr_array_unref(vm->objects);
     g_ptr_array_unref(vm->rng_devices);
     vmm_drive_set_clear(&vm->drives);
+    vmm_fsdev_set_clear(&vm->fsdevs);
     memset(vm, 0, sizeof(*vm));
 }
 
@@ -246,6 +259,118 @@ static const VmmOptKey serial_unix_keys[] = {
 };
 static const VmmOptSpec serial_unix_spec = { "serial", "path", serial_unix_keys };
 
+/* ---- -chardev ---- */
+
+static const VmmOptKey chardev_keys[] = {
+    { "backend", VMM_OPT_STRING, "socket, stdio, file or null", NULL },
+    { "id", VMM_OPT_STRING, "the name -serial chardev:ID uses", NULL },
+    { "path", VMM_OPT_STRING, "socket or file path", NULL },
+    { "server", VMM_OPT_BOOL, "listen instead of connecting (socket)", "off" },
+    { "wait", VMM_OPT_BOOL, "wait for a client before starting the guest (socket)", "on" },
+    { "nowait", VMM_OPT_BOOL, "old spelling of wait=off", NULL },
+    { "append", VMM_OPT_BOOL, "append to the file instead of truncating it", "off" },
+    { "signal", VMM_OPT_BOOL, "Ctrl-C in the terminal ends vmmd (stdio)", "on" },
+    { NULL },
+};
+static const VmmOptSpec chardev_spec = { "chardev", "backend", chardev_keys };
+
+static gboolean chardev_fail(GError **error, const char *value, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static gboolean chardev_fail(GError **error, const char *value, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "-chardev %s: %s", value, msg);
+    return FALSE;
+}
+
+static gboolean chardev_backend(JsonObject *o, const char *value, VmmSerialConfig *b,
+                                GError **error)
+{
+    const char *backend = vmm_opts_get_string(o, "backend", "");
+    const char *path = vmm_opts_get_string(o, "path", NULL);
+    if (g_str_equal(backend, "stdio")) {
+        b->kind = VMM_SERIAL_STDIO;
+        if (!vmm_opts_get_bool(o, "signal", TRUE))
+            return chardev_fail(error, value, "signal=off is not supported by vmmd");
+    } else if (g_str_equal(backend, "null")) {
+        b->kind = VMM_SERIAL_NULL;
+    } else if (g_str_equal(backend, "file")) {
+        if (!path)
+            return chardev_fail(error, value, "Parameter 'path' is missing");
+        b->kind = VMM_SERIAL_FILE;
+        b->append = vmm_opts_get_bool(o, "append", FALSE);
+    } else if (g_str_equal(backend, "socket")) {
+        if (!path)
+            return chardev_fail(error, value, "vmmd's socket chardev needs path= (a Unix "
+                                "socket; host=/port= are not supported)");
+        if (vmm_opts_has(o, "nowait"))
+            vmm_warn_deprecated("-chardev socket,...,nowait", "wait=off");
+        b->kind = VMM_SERIAL_UNIX;
+        b->server = vmm_opts_get_bool(o, "server", FALSE);
+        b->wait = vmm_opts_get_bool(o, "wait", TRUE) && !vmm_opts_get_bool(o, "nowait", FALSE);
+    } else {
+        return chardev_fail(error, value, "'%s' is not a valid char driver name (vmmd has socket, "
+                            "stdio, file and null)", backend);
+    }
+    b->path = g_strdup(path);
+    return TRUE;
+}
+
+static gboolean apply_chardev(VmmVmConfig *vm, const char *value, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(JsonObject) o = vmm_opts_parse(&chardev_spec, value, &local);
+    if (!o)
+        return chardev_fail(error, value, "%s", local->message);
+    const char *id = vmm_opts_get_string(o, "id", NULL);
+    if (!id || !*id)
+        return chardev_fail(error, value, "Parameter 'id' is missing");
+    for (guint i = 0; i < vm->chardevs->len; i++) {
+        if (g_str_equal(((VmmChardevConfig *)vm->chardevs->pdata[i])->id, id))
+            return chardev_fail(error, value, "attempt to add duplicate property '%s' to object "
+                                "(type 'container')", id);
+    }
+    VmmChardevConfig *c = g_new0(VmmChardevConfig, 1);
+    c->id = g_strdup(id);
+    if (!chardev_backend(o, value, &c->backend, error)) {
+        chardev_free(c);
+        return FALSE;
+    }
+    g_ptr_array_add(vm->chardevs, c);
+    return TRUE;
+}
+
+/* -serial chardev:ID takes the named backend (a copy). */
+static gboolean resolve_serial_chardevs(VmmVmConfig *vm, GError **error)
+{
+    for (guint i = 0; i < vm->serials->len; i++) {
+        VmmSerialConfig *s = vm->serials->pdata[i];
+        if (!s->chardev)
+            continue;
+        const VmmChardevConfig *c = NULL;
+        for (guint j = 0; j < vm->chardevs->len && !c; j++) {
+            if (g_str_equal(((VmmChardevConfig *)vm->chardevs->pdata[j])->id, s->chardev))
+                c = vm->chardevs->pdata[j];
+        }
+        if (!c) {
+            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                        "-serial chardev:%s: chardev '%s' not found", s->chardev, s->chardev);
+            return FALSE;
+        }
+        g_free(s->path);
+        s->kind = c->backend.kind;
+        s->path = g_strdup(c->backend.path);
+        s->server = c->backend.server;
+        s->wait = c->backend.wait;
+        s->append = c->backend.append;
+    }
+    return TRUE;
+}
+
 static gboolean apply_serial(VmmVmConfig *vm, const char *value, GError **error)
 {
     g_autoptr(GError) local = NULL;
@@ -260,6 +385,8 @@ static gboolean apply_serial(VmmVmConfig *vm, const char *value, GError **error)
     } else if (g_str_has_prefix(value, "file:") && value[5]) {
         s->kind = VMM_SERIAL_FILE;
         s->path = g_strdup(value + 5);
+    } else if (g_str_has_prefix(value, "chardev:") && value[8]) {
+        s->chardev = g_strdup(value + 8);   /* resolved once every -chardev is known */
     } else if (g_str_has_prefix(value, "unix:") && value[5]) {
         g_autoptr(JsonObject) o = vmm_opts_parse(&serial_unix_spec, value + 5, &local);
         if (!o) {
@@ -277,7 +404,8 @@ static gboolean apply_serial(VmmVmConfig *vm, const char *value, GError **error)
         serial_free(s);
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
                     "-serial %s: '%s' is not a valid char driver "
-                    "(vmmd has stdio, null, none, file:PATH, unix:PATH[,server=on][,wait=off])",
+                    "(vmmd has stdio, null, none, file:PATH, unix:PATH[,server=on][,wait=off], "
+                    "chardev:ID)",
                     value, value);
         return FALSE;
     }
@@ -455,6 +583,7 @@ static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_
     g_autofree char *driver = g_strndup(value, strcspn(value, ","));
     if (vmm_opts_wants_help(value) && !strchr(value, ',')) {
         printf("Block devices:\nname \"virtio-blk-device\", bus virtio-bus\n\n"
+               "Storage devices:\nname \"virtio-9p-device\", bus virtio-bus\n\n"
                "Misc devices:\nname \"virtio-rng-device\", bus virtio-bus\n");
         *exit_now = TRUE;
         return TRUE;
@@ -463,6 +592,8 @@ static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_
         memmove(driver, driver + 7, strlen(driver + 7) + 1);
     if (vmm_drive_device_is_block(driver))
         return vmm_blk_device_parse(&vm->drives, value, error);
+    if (vmm_fsdev_device_is_9p(driver))
+        return vmm_9p_device_parse(&vm->fsdevs, value, error);
     if (vmm_rng_device_is_rng(driver))
         return vmm_rng_device_parse(vm, value, error);
     g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "-device %s: '%s' is not a valid device model name",
@@ -473,8 +604,8 @@ static gboolean apply_device(VmmVmConfig *vm, const char *value, gboolean *exit_
 /* ---- dispatch ---- */
 
 static const char *const options_with_arg[] = {
-    "machine", "M", "m", "smp", "cpu", "kernel", "initrd", "append", "serial", "object",
-    "accel", "drive", "blockdev", "device", NULL,
+    "machine", "M", "m", "smp", "cpu", "kernel", "initrd", "append", "serial", "chardev", "object",
+    "accel", "drive", "blockdev", "device", "fsdev", "virtfs", NULL,
 };
 static const char *const flags[] = {
     "nographic", "no-reboot", "no-shutdown", "S", "enable-kvm", "snapshot", NULL,
@@ -553,6 +684,8 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
         set_string(&vm->initrd, value);
     else if (g_str_equal(opt, "append"))
         set_string(&vm->append, value);
+    else if (g_str_equal(opt, "chardev"))
+        return apply_chardev(vm, value, error);
     else if (g_str_equal(opt, "serial"))
         return apply_serial(vm, value, error);
     else if (g_str_equal(opt, "object"))
@@ -565,6 +698,10 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
         return vmm_blockdev_parse(&vm->drives, value, error);
     else if (g_str_equal(opt, "device"))
         return apply_device(vm, value, exit_now, error);
+    else if (g_str_equal(opt, "fsdev"))
+        return vmm_fsdev_parse(&vm->fsdevs, value, error);
+    else if (g_str_equal(opt, "virtfs"))
+        return vmm_virtfs_parse(&vm->fsdevs, value, error);
     else
         return apply_flag(vm, opt, error);
     return TRUE;
@@ -572,11 +709,12 @@ gboolean vmm_vm_config_apply(VmmVmConfig *vm, const char *opt, const char *value
 
 gboolean vmm_vm_config_finish(VmmVmConfig *vm, GError **error)
 {
-    if (!vmm_drives_finish(&vm->drives, error) || !vmm_rng_devices_finish(vm, error))
+    if (!vmm_drives_finish(&vm->drives, error) || !vmm_rng_devices_finish(vm, error) ||
+        !vmm_fsdevs_finish(&vm->fsdevs, error))
         return FALSE;
     if (!vm->maxmem)
         vm->maxmem = vm->ram_size;
-    if (!resolve_smp(vm, error))
+    if (!resolve_serial_chardevs(vm, error) || !resolve_smp(vm, error))
         return FALSE;
     const char *backend = vm->machine.memory_backend;
     if (backend) {

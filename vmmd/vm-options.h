@@ -4,6 +4,7 @@
 #pragma once
 #include "vmmd/machine.h"
 #include "vmmd/drive.h"
+#include "vmmd/fsdev.h"
 
 typedef enum {
     VMM_SERIAL_STDIO,
@@ -16,7 +17,15 @@ typedef struct {
     VmmSerialKind kind;
     char *path;                /* file: and unix: */
     gboolean server, wait;     /* unix: */
+    gboolean append;           /* file: append=on (-chardev) instead of truncating */
+    char *chardev;             /* -serial chardev:ID until vmm_vm_config_finish resolves it */
 } VmmSerialConfig;
+
+/* -chardev BACKEND,id=ID,...: a named backend that -serial chardev:ID uses. */
+typedef struct {
+    char *id;
+    VmmSerialConfig backend;
+} VmmChardevConfig;
 
 typedef enum {
     VMM_OBJECT_MEMORY_MEMFD,
@@ -47,8 +56,10 @@ typedef struct VmmVmConfig {
     char *kernel, *initrd, *append;
     gboolean nographic, no_reboot, no_shutdown, start_paused;
     GPtrArray *serials;        /* VmmSerialConfig*, one per -serial */
+    GPtrArray *chardevs;       /* VmmChardevConfig*, one per -chardev */
     GPtrArray *objects;        /* VmmObjectConfig* */
     VmmDriveSet drives;        /* -drive, -blockdev, -device virtio-blk-device, -snapshot */
+    VmmFsdevSet fsdevs;        /* -fsdev, -virtfs, -device virtio-9p-device */
     GPtrArray *rng_devices;    /* VmmRngDevice*: -device virtio-rng-device (vmmd/rng.h) */
 } VmmVmConfig;
 

@@ -10,6 +10,17 @@
 void vmm_vm_start(Vmmd *d, VmmHelperProc *hp);
 /* Acts on vcpu-worker's guest events; FALSE if NAME is not one of them. */
 gboolean vmm_vm_handle_event(Vmmd *d, const char *name, JsonObject *data);
+/* Run control (QMP stop, cont, system_powerdown, system_reset); DONE (may be
+ * NULL) gets the error, if any. Stop sets the QMP status to STATUS ("paused",
+ * "io-error", ...) and sends STOP; cont sends RESUME; powerdown presses the
+ * ACPI power button (POWERDOWN); reset reboots the guest (RESET with REASON
+ * and GUEST). Stopping a stopped guest or continuing a running one is a
+ * no-op that succeeds, as in QEMU. */
+typedef void (*VmmVmDoneFn)(Vmmd *d, const GError *error, gpointer user);
+void vmm_vm_stop(Vmmd *d, const char *status, VmmVmDoneFn done, gpointer user);
+void vmm_vm_cont(Vmmd *d, VmmVmDoneFn done, gpointer user);
+void vmm_vm_powerdown(Vmmd *d, VmmVmDoneFn done, gpointer user);
+void vmm_vm_reset(Vmmd *d, const char *reason, gboolean guest, VmmVmDoneFn done, gpointer user);
 /* vcpu-worker has no usable KVM VM (WHY): with -kernel, vmmd quits with
  * status 1, as the guest cannot run. */
 void vmm_vm_cannot_start(Vmmd *d, const char *why);

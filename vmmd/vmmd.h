@@ -59,10 +59,14 @@ struct Vmmd {
     gboolean quitting;
     int exit_code;
     const char *status;      /* QMP run state */
+    enum { VMM_GUEST_NONE, VMM_GUEST_RUNNING, VMM_GUEST_ENDED } guest_state; /* vm.c */
+    struct VmmSerialRun *serial_rt; /* COM1's backend (serial.c) */
+    gboolean vm_autostart;   /* -S, and cont came before the guest was built (vm.c) */
     void (*on_helpers_up)(Vmmd *d);
     void (*on_all_stopped)(Vmmd *d); /* pending vmm_supervisor_stop_all callback */
     GHashTable *early_exits;         /* pid -> status of children reaped before the spawn reply */
     struct DriveRuntime *drive_rt;   /* the VM's disks at run time (drive-run.c) */
+    struct FsdevRuntime *fsdev_rt;   /* the VM's 9p exports at run time (fsdev-run.c) */
     struct VmmGuestRam *guest_ram;   /* the guest's RAM fd, owned here (memory-backend.c) */
     GArray *rng_fds;                 /* int: each virtio-rng device's entropy source (rng.c) */
 };

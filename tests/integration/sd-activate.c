@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static int unix_socket(int type, const char *path)
@@ -77,6 +78,9 @@ int main(int argc, char **argv)
     if (pid == 0) {
         char pidbuf[32];
         if (dup2(lfd, 3) < 0)
+            _exit(127);
+        /* dup2 onto itself (the socket already was fd 3) keeps close-on-exec. */
+        if (fcntl(3, F_SETFD, 0) < 0)
             _exit(127);
         snprintf(pidbuf, sizeof(pidbuf), "%d", getpid());
         setenv("LISTEN_FDS", "1", 1);

@@ -5,7 +5,9 @@
 #   vmlinuz             the host's Debian kernel image (used for L1 and for L2)
 #   initramfs-l1.cpio.gz busybox + modules + /init that mounts the host root over
 #                        9p, chroots into it and runs a job (or a job agent loop)
-#   initramfs-l2.cpio.gz busybox + /init that prints VMM-L2-MARKER and powers off
+#   initramfs-l2.cpio.gz busybox + L2 modules + /init that prints VMM-L2-MARKER and
+#                        the CPU count, then powers off (or, asked on the kernel
+#                        command line, waits for the ACPI power button or runs a shell)
 #
 # The kit is cached under DIR/kit-<kernel version>-<hash>, where the hash covers
 # this script and the busybox binary, so a cached kit is reused only while nothing
@@ -24,6 +26,11 @@ QUIET=0
 # for crc32c at mount time, which modules.dep cannot express.
 L1_MODULES="virtio_pci virtio_blk virtio_net 9pnet_virtio 9pnet_fd 9p
             irqbypass ccp kvm kvm_amd nbd tun loop crc32c_generic ext4"
+
+# L2 modules (the guest vmmd boots): the virtio-mmio devices of the microvm
+# machine, and the ACPI power button with its input device so that /init can
+# power off on QMP system_powerdown.
+L2_MODULES="virtio_mmio virtio_blk virtio_rng button evdev"
 
 die() { echo "build-kit: $*" >&2; exit 1; }
 skip() { echo "rig: SKIP: $*" >&2; exit 77; }
@@ -134,21 +141,61 @@ pack_cpio() {
         cpio --null -o -H newc -R 0:0 --quiet) | gzip -6 -n > "$out"
 }
 
+# The guest side of the rig tests. The kernel command line picks what runs
+# after the marker (Linux hands unknown "a=b" words to init's environment):
+#   vmm_l2=poweroff        (default) power off at once
+#   vmm_l2=wait-powerdown  busybox acpid powers off on the ACPI power button
+#                          (QMP system_powerdown); gives up after 600 s
+#   vmm_l2=shell           an interactive shell on the console; poweroff at exit
+#   vmm_l2_cmd="CMD ARGS"  a shell command run before that (quoted for the kernel)
 write_l2_init() {
     cat > "$1/init" <<'EOF'
 #!/bin/sh
-/bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
+B=/bin/busybox
+$B mount -t devtmpfs dev /dev 2>/dev/null
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
 exec </dev/console >/dev/console 2>&1
-/bin/busybox echo VMM-L2-MARKER
-/bin/busybox poweroff -f
+for m in $($B cat /etc/l2-modules); do $B insmod /lib/modules/$m.ko 2>/dev/null; done
+$B echo VMM-L2-MARKER
+$B echo "VMM-L2-CPUS $($B grep -c ^processor /proc/cpuinfo)"
+[ -n "${vmm_l2_cmd:-}" ] && $B sh -c "$vmm_l2_cmd"
+case "${vmm_l2:-poweroff}" in
+wait-powerdown)
+    $B mkdir -p /etc/acpi/PWRF
+    # acpid runs this detached from the console: say so on /dev/console.
+    printf '#!/bin/sh\n/bin/busybox echo VMM-L2-POWERDOWN >/dev/console\n/bin/busybox poweroff -f\n' >/etc/acpi/PWRF/00000080
+    $B chmod 755 /etc/acpi/PWRF/00000080
+    $B acpid -c /etc/acpi -l /dev/null
+    $B echo VMM-L2-WAITING
+    $B sleep 600
+    ;;
+shell)
+    $B --install -s /bin
+    $B echo "VMM-L2-SHELL: busybox sh; 'exit' powers off"
+    $B setsid $B cttyhack /bin/sh -l
+    ;;
+esac
+$B poweroff -f
 EOF
     chmod 755 "$1/init"
 }
 
 build_l2_initramfs() {
-    local root=$1/l2root
+    local root=$1/l2root m
     make_busybox_root "$root"
     write_l2_init "$root"
+    # The resolver's state is L1's until here: keep its order for kit.env.
+    L1_ORDER=("${MOD_ORDER[@]}")
+    MOD_ORDER=()
+    MOD_SEEN=()
+    for m in $L2_MODULES; do
+        resolve_module "$m"
+    done
+    for m in "${MOD_ORDER[@]}"; do
+        copy_module "$m" "$root/lib/modules"
+    done
+    printf '%s\n' "${MOD_ORDER[@]}" > "$root/etc/l2-modules"
     pack_cpio "$root" "$1/initramfs-l2.cpio.gz"
 }
 
@@ -234,7 +281,7 @@ RIG_KERNEL=$kernel
 RIG_BZIMAGE=$kit/vmlinuz
 RIG_INITRAMFS_L1=$kit/initramfs-l1.cpio.gz
 RIG_INITRAMFS_L2=$kit/initramfs-l2.cpio.gz
-RIG_L1_MODULES="${MOD_ORDER[*]}"
+RIG_L1_MODULES="${L1_ORDER[*]}"
 EOF
         rm -rf "$kit"
         chmod 755 "$tmp"

@@ -4,6 +4,7 @@
 #include "vmmd/machine.c"
 #include "vmmd/drive.c"
 #include "vmmd/rng.c"
+#include "vmmd/fsdev.c"
 #include "vmmd/vm-options.c"
 
 #include <glib.h>

@@ -1,0 +1,466 @@
+/* The 9P2000.L server core: connections, the fid table, the worker pool and
+ * flush. Messages arrive whole from the transport; Tversion and Tflush are
+ * answered at once, everything else runs on the export's worker pool, so a
+ * slow fsync does not hold up a readdir and replies go out in any order.
+ * The operations themselves are in fsd/9p-ops.c. */
+#include "fsd/9p-server.h"
+#include "common/error.h"
+#include "common/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- the export ---- */
+
+void fsd_export_config_init(FsdExportConfig *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->model = FSD_SM_PASSTHROUGH;
+    c->fmode = 0600;   /* QEMU's SM_LOCAL_MODE_BITS */
+    c->dmode = 0700;   /* SM_LOCAL_DIR_MODE_BITS */
+    c->max_msize = 1024 * 1024;
+    c->threads = 16;
+}
+
+void fsd_export_config_clear(FsdExportConfig *c)
+{
+    g_free(c->path);
+    g_free(c->tag);
+    memset(c, 0, sizeof(*c));
+}
+
+static void worker(gpointer data, gpointer user);
+
+FsdExport *fsd_export_new(const FsdExportConfig *c, GError **error)
+{
+    if (!c->path) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "export: no path given");
+        return NULL;
+    }
+    if (!fsd_throttle_config_check(&c->throttle, error))
+        return NULL;
+    int fd = open(c->path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        vmm_set_errno(error, errno, "export '%s'", c->path);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        vmm_set_errno(error, errno, "export '%s': stat", c->path);
+        close(fd);
+        return NULL;
+    }
+    FsdExport *e = g_new0(FsdExport, 1);
+    e->cfg = *c;
+    e->cfg.path = g_strdup(c->path);
+    e->cfg.tag = g_strdup(c->tag);
+    if (e->cfg.max_msize < P9_MIN_MSIZE)
+        e->cfg.max_msize = P9_MIN_MSIZE;
+    if (e->cfg.threads == 0)
+        e->cfg.threads = 16;
+    e->rootfd = fd;
+    e->root_dev = st.st_dev;
+    if (fsd_throttle_config_enabled(&c->throttle))
+        e->throttle = fsd_throttle_new(&c->throttle);
+    e->pool = g_thread_pool_new(worker, e, (gint)e->cfg.threads, FALSE, error);
+    if (!e->pool) {
+        fsd_export_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+void fsd_export_free(FsdExport *e)
+{
+    if (!e)
+        return;
+    if (e->pool)
+        g_thread_pool_free(e->pool, FALSE, TRUE);
+    fsd_throttle_free(e->throttle);
+    close(e->rootfd);
+    fsd_export_config_clear(&e->cfg);
+    g_free(e);
+}
+
+int fsd_export_rootfd(FsdExport *e)
+{
+    return e->rootfd;
+}
+
+/* ---- fids ---- */
+
+static void fid_free(Fid *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    fsd_node_unref(f->node);
+    if (f->xattr)
+        g_byte_array_unref(f->xattr);
+    g_free(f->xattr_name);
+    g_mutex_clear(&f->lock);
+    g_free(f);
+}
+
+void fsd_fid_unref(Fid *f)
+{
+    if (f && g_atomic_int_dec_and_test(&f->ref))
+        fid_free(f);
+}
+
+Fid *fsd_fid_new(guint32 num, guint32 uid, FsdNode *node)
+{
+    Fid *f = g_new0(Fid, 1);
+    f->ref = 1;
+    f->num = num;
+    f->uid = uid;
+    f->node = node;
+    f->fd = -1;
+    f->kind = FID_PATH;
+    g_mutex_init(&f->lock);
+    return f;
+}
+
+Fid *fsd_conn_fid(FsdConn *c, guint32 num)
+{
+    g_mutex_lock(&c->lock);
+    Fid *f = g_hash_table_lookup(c->fids, GUINT_TO_POINTER(num));
+    if (f)
+        g_atomic_int_inc(&f->ref);
+    g_mutex_unlock(&c->lock);
+    return f;
+}
+
+gboolean fsd_conn_fid_exists(FsdConn *c, guint32 num)
+{
+    g_mutex_lock(&c->lock);
+    gboolean found = g_hash_table_contains(c->fids, GUINT_TO_POINTER(num));
+    g_mutex_unlock(&c->lock);
+    return found;
+}
+
+int fsd_conn_fid_add(FsdConn *c, Fid *f)
+{
+    int rc = 0;
+    g_mutex_lock(&c->lock);
+    if (g_hash_table_contains(c->fids, GUINT_TO_POINTER(f->num))) {
+        rc = -EEXIST;
+    } else {
+        g_atomic_int_inc(&f->ref);
+        g_hash_table_insert(c->fids, GUINT_TO_POINTER(f->num), f);
+    }
+    g_mutex_unlock(&c->lock);
+    return rc;
+}
+
+Fid *fsd_conn_fid_remove(FsdConn *c, guint32 num)
+{
+    g_mutex_lock(&c->lock);
+    Fid *f = NULL;
+    g_hash_table_steal_extended(c->fids, GUINT_TO_POINTER(num), NULL, (gpointer *)&f);
+    g_mutex_unlock(&c->lock);
+    return f;
+}
+
+FsdNode *fsd_fid_node(Fid *f)
+{
+    g_mutex_lock(&f->lock);
+    FsdNode *n = fsd_node_ref(f->node);
+    g_mutex_unlock(&f->lock);
+    return n;
+}
+
+void fsd_fid_set_node(Fid *f, FsdNode *n)
+{
+    g_mutex_lock(&f->lock);
+    FsdNode *old = f->node;
+    f->node = n;
+    g_mutex_unlock(&f->lock);
+    fsd_node_unref(old);
+}
+
+void fsd_conn_fix_renamed(FsdConn *c, dev_t pdev, ino_t pino, const char *oldname,
+                          FsdNode *newdir, const char *newname)
+{
+    g_mutex_lock(&c->lock);
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, c->fids);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Fid *f = value;
+        g_mutex_lock(&f->lock);
+        FsdNode *n = f->node;
+        if (n->parent && n->parent->dev == pdev && n->parent->ino == pino && strcmp(n->name, oldname) == 0) {
+            f->node = fsd_node_moved(n, newdir, newname);
+            fsd_node_unref(n);
+        }
+        g_mutex_unlock(&f->lock);
+    }
+    g_mutex_unlock(&c->lock);
+}
+
+/* ---- connections ---- */
+
+static void conn_free(FsdConn *c)
+{
+    g_hash_table_destroy(c->fids);
+    g_hash_table_destroy(c->pending);
+    g_mutex_clear(&c->lock);
+    g_free(c);
+}
+
+static void conn_unref(FsdConn *c)
+{
+    if (g_atomic_int_dec_and_test(&c->ref))
+        conn_free(c);
+}
+
+FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user)
+{
+    FsdConn *c = g_new0(FsdConn, 1);
+    c->ref = 1;
+    c->e = e;
+    c->send = send;
+    c->user = user;
+    g_mutex_init(&c->lock);
+    c->fids = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)fsd_fid_unref);
+    c->pending = g_hash_table_new(g_direct_hash, g_direct_equal);
+    c->msize = e->cfg.max_msize;
+    return c;
+}
+
+guint32 fsd_conn_msize(FsdConn *c)
+{
+    g_mutex_lock(&c->lock);
+    guint32 m = c->msize;
+    g_mutex_unlock(&c->lock);
+    return m;
+}
+
+guint fsd_conn_pending(FsdConn *c)
+{
+    g_mutex_lock(&c->lock);
+    guint n = g_hash_table_size(c->pending);
+    g_mutex_unlock(&c->lock);
+    return n;
+}
+
+/* Drops every request not yet started and makes the replies of the running
+ * ones go nowhere (a new session or a closed connection). Locked. */
+static void conn_reset_locked(FsdConn *c)
+{
+    c->generation++;
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, c->pending);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        Req *r = value;
+        g_atomic_int_set(&r->cancelled, 1);
+        if (r->flushes)
+            g_array_set_size(r->flushes, 0);
+    }
+    g_hash_table_remove_all(c->pending);
+    g_hash_table_remove_all(c->fids);
+}
+
+void fsd_conn_close(FsdConn *c)
+{
+    g_mutex_lock(&c->lock);
+    c->closed = TRUE;
+    conn_reset_locked(c);
+    g_mutex_unlock(&c->lock);
+    conn_unref(c);
+}
+
+/* Encodes and sends F, or Rlerror(EMSGSIZE) if it does not fit. Locked. */
+static void send_locked(FsdConn *c, const P9Fcall *f)
+{
+    if (c->closed)
+        return;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(GError) err = NULL;
+    if (!p9_encode(f, c->msize, out, &err)) {
+        vmm_warn("9p: reply %s to tag %u: %s", p9_type_name(f->type), f->tag, err->message);
+        P9Fcall e = { .type = P9_RLERROR, .tag = f->tag, .ecode = EMSGSIZE };
+        if (!p9_encode(&e, G_MAXUINT32, out, NULL))
+            return;
+    }
+    c->send(c, out->data, out->len, c->user);
+}
+
+static void send_error_locked(FsdConn *c, guint16 tag, int err)
+{
+    P9Fcall f = { .type = P9_RLERROR, .tag = tag, .ecode = (guint32)err };
+    send_locked(c, &f);
+}
+
+static void send_error(FsdConn *c, guint16 tag, int err)
+{
+    g_mutex_lock(&c->lock);
+    send_error_locked(c, tag, err);
+    g_mutex_unlock(&c->lock);
+}
+
+static void req_free(Req *r)
+{
+    p9_fcall_clear(&r->in);
+    g_free(r->buf);
+    if (r->flushes)
+        g_array_unref(r->flushes);
+    conn_unref(r->conn);
+    g_free(r);
+}
+
+/* The request is over: its reply (if any, and if anyone still listens) goes
+ * out, then the Rflush of every flush that waited for it. */
+static void req_finish(Req *r, P9Fcall *reply)
+{
+    FsdConn *c = r->conn;
+    g_mutex_lock(&c->lock);
+    if (g_hash_table_lookup(c->pending, GUINT_TO_POINTER(r->tag)) == r)
+        g_hash_table_remove(c->pending, GUINT_TO_POINTER(r->tag));
+    gboolean current = r->generation == c->generation;
+    if (reply && current)
+        send_locked(c, reply);
+    if (current && r->flushes) {
+        for (guint i = 0; i < r->flushes->len; i++) {
+            P9Fcall f = { .type = P9_RFLUSH, .tag = g_array_index(r->flushes, guint16, i) };
+            send_locked(c, &f);
+        }
+    }
+    g_mutex_unlock(&c->lock);
+    req_free(r);
+}
+
+static gboolean is_throttled(guint8 type)
+{
+    return type == P9_TREAD || type == P9_TWRITE;
+}
+
+static void worker(gpointer data, gpointer user)
+{
+    Req *r = data;
+    FsdExport *e = user;
+    FsdConn *c = r->conn;
+    if (e->throttle && is_throttled(r->in.type)) {
+        guint64 bytes = r->in.type == P9_TWRITE ? r->in.count : MIN(r->in.count, c->msize);
+        if (!fsd_throttle_wait(e->throttle, r->in.type == P9_TWRITE, bytes, &r->cancelled)) {
+            req_finish(r, NULL);
+            return;
+        }
+    }
+    g_mutex_lock(&c->lock);
+    gboolean go = !g_atomic_int_get(&r->cancelled) && r->generation == c->generation;
+    r->started = go;
+    g_mutex_unlock(&c->lock);
+    if (!go) {
+        req_finish(r, NULL);
+        return;
+    }
+    P9Fcall out = { .tag = r->tag };
+    int rc = fsd_ops_dispatch(c, r, &out);
+    if (rc < 0) {
+        p9_fcall_clear(&out);
+        out = (P9Fcall){ .type = P9_RLERROR, .tag = r->tag, .ecode = (guint32)-rc };
+    } else {
+        out.type = r->in.type + 1;
+        out.tag = r->tag;
+    }
+    /* Reply data (read, readdir) is a buffer the operation made. */
+    guint8 *data_buf = (guint8 *)out.data;
+    req_finish(r, &out);
+    g_free(data_buf);
+    out.data = NULL;
+    p9_fcall_clear(&out);
+}
+
+static void handle_version(FsdConn *c, const P9Fcall *in)
+{
+    P9Fcall out = { .type = P9_RVERSION, .tag = in->tag };
+    g_mutex_lock(&c->lock);
+    if (in->msize < P9_MIN_MSIZE) {
+        send_error_locked(c, in->tag, EMSGSIZE);
+        g_mutex_unlock(&c->lock);
+        return;
+    }
+    /* A new session: what the old one had is gone (9P's version rule). */
+    conn_reset_locked(c);
+    c->msize = MIN(in->msize, c->e->cfg.max_msize);
+    out.msize = c->msize;
+    out.version = (char *)(g_str_has_prefix(in->version, P9_VERSION_L) ? P9_VERSION_L : P9_VERSION_UNKNOWN);
+    send_locked(c, &out);
+    g_mutex_unlock(&c->lock);
+}
+
+static void handle_flush(FsdConn *c, const P9Fcall *in)
+{
+    g_mutex_lock(&c->lock);
+    Req *old = g_hash_table_lookup(c->pending, GUINT_TO_POINTER(in->oldtag));
+    if (!old || in->oldtag == in->tag) {
+        P9Fcall f = { .type = P9_RFLUSH, .tag = in->tag };
+        send_locked(c, &f);
+    } else {
+        /* Not started yet: it never will be, and its reply is dropped. A
+         * running request finishes and answers first (the spec's rule: a
+         * reply before the Rflush must be honoured). */
+        if (!old->started)
+            g_atomic_int_set(&old->cancelled, 1);
+        if (!old->flushes)
+            old->flushes = g_array_new(FALSE, FALSE, sizeof(guint16));
+        g_array_append_val(old->flushes, in->tag);
+    }
+    g_mutex_unlock(&c->lock);
+}
+
+void fsd_conn_refuse_oversize(FsdConn *c, guint8 type, guint16 tag, guint32 size)
+{
+    vmm_debug("9p: message type %u tag %u of %u bytes exceeds msize", type, tag, size);
+    send_error(c, tag, EMSGSIZE);
+}
+
+void fsd_conn_receive(FsdConn *c, const guint8 *msg, gsize len)
+{
+    Req *r = g_new0(Req, 1);
+    r->buf = g_memdup2(msg, len ? len : 1);
+    r->len = len;
+    g_autoptr(GError) err = NULL;
+    if (!p9_decode(r->buf, len, &r->in, &err)) {
+        guint16 tag = len >= P9_HDRSZ ? r->in.tag : P9_NOTAG;
+        vmm_debug("9p: refused: %s", err->message);
+        send_error(c, tag, g_error_matches(err, VMM_ERROR, VMM_ERROR_UNSUPPORTED) ? EOPNOTSUPP : EINVAL);
+        p9_fcall_clear(&r->in);
+        g_free(r->buf);
+        g_free(r);
+        return;
+    }
+    r->tag = r->in.tag;
+    if (r->in.type & 1) {
+        /* An R-message sent to a server */
+        send_error(c, r->tag, EINVAL);
+    } else if (r->in.type == P9_TVERSION) {
+        handle_version(c, &r->in);
+    } else if (r->in.type == P9_TFLUSH) {
+        handle_flush(c, &r->in);
+    } else {
+        g_mutex_lock(&c->lock);
+        if (c->closed) {
+            g_mutex_unlock(&c->lock);
+        } else if (g_hash_table_contains(c->pending, GUINT_TO_POINTER(r->tag))) {
+            /* A tag already in flight: refusing it keeps the first. */
+            send_error_locked(c, r->tag, EBUSY);
+            g_mutex_unlock(&c->lock);
+        } else {
+            g_hash_table_insert(c->pending, GUINT_TO_POINTER(r->tag), r);
+            r->generation = c->generation;
+            g_atomic_int_inc(&c->ref);
+            r->conn = c;
+            g_mutex_unlock(&c->lock);
+            g_thread_pool_push(c->e->pool, r, NULL);
+            return;
+        }
+    }
+    p9_fcall_clear(&r->in);
+    g_free(r->buf);
+    g_free(r);
+}

@@ -1,0 +1,267 @@
+/* fsd's server core without sockets: messages go into an FsdConn, replies
+ * come out of its send callback. Also the throttling options and buckets,
+ * and the security model names. (The full workflow over a socket is
+ * tests/interop/fsd-9p-test.c.) */
+#include "fsd/fsd.h"
+#include "common/error.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+typedef struct {
+    GAsyncQueue *replies;   /* GBytes */
+} Sink;
+
+static void sink_send(FsdConn *c, const guint8 *msg, gsize len, gpointer user)
+{
+    Sink *s = user;
+    g_async_queue_push(s->replies, g_bytes_new(msg, len));
+}
+
+typedef struct {
+    char *dir;
+    FsdExport *e;
+    FsdConn *c;
+    Sink sink;
+} Fixture;
+
+static void fixture_setup(Fixture *f, const char *model)
+{
+    f->dir = g_dir_make_tmp("fsd-unit-XXXXXX", NULL);
+    g_assert_nonnull(f->dir);
+    FsdExportConfig cfg;
+    fsd_export_config_init(&cfg);
+    cfg.path = g_strdup(f->dir);
+    g_assert_true(fsd_model_parse(model, &cfg.model, NULL));
+    cfg.threads = 4;
+    GError *err = NULL;
+    f->e = fsd_export_new(&cfg, &err);
+    g_assert_no_error(err);
+    fsd_export_config_clear(&cfg);
+    f->sink.replies = g_async_queue_new_full((GDestroyNotify)g_bytes_unref);
+    f->c = fsd_conn_new(f->e, sink_send, &f->sink);
+}
+
+static void fixture_teardown(Fixture *f)
+{
+    fsd_conn_close(f->c);
+    fsd_export_free(f->e);   /* waits for the workers */
+    g_async_queue_unref(f->sink.replies);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", f->dir);
+    g_assert_cmpint(system(cmd), ==, 0);
+    g_free(f->dir);
+}
+
+static void send_fcall(Fixture *f, P9Fcall *m)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    g_assert_true(p9_encode(m, G_MAXUINT32, b, NULL));
+    fsd_conn_receive(f->c, b->data, b->len);
+}
+
+/* The next reply; R's strings are freed with p9_fcall_clear. */
+static GBytes *next_reply(Fixture *f, P9Fcall *r)
+{
+    GBytes *b = g_async_queue_timeout_pop(f->sink.replies, 10 * G_USEC_PER_SEC);
+    g_assert_nonnull(b);
+    gsize len;
+    const guint8 *data = g_bytes_get_data(b, &len);
+    g_assert_true(p9_decode(data, len, r, NULL));
+    return b;
+}
+
+static int call(Fixture *f, P9Fcall *m, P9Fcall *r)
+{
+    send_fcall(f, m);
+    g_autoptr(GBytes) b = next_reply(f, r);
+    g_assert_cmpuint(r->tag, ==, m->tag);
+    if (r->type == P9_RLERROR)
+        return (int)r->ecode;
+    g_assert_cmpuint(r->type, ==, m->type + 1);
+    return 0;
+}
+
+static void start(Fixture *f)
+{
+    P9Fcall v = { .type = P9_TVERSION, .tag = P9_NOTAG, .msize = 1 << 30, .version = (char *)"9P2000.L" };
+    P9Fcall r;
+    g_assert_cmpint(call(f, &v, &r), ==, 0);
+    /* offered less than asked: the server's limit */
+    g_assert_cmpuint(r.msize, ==, 1024 * 1024);
+    g_assert_cmpuint(fsd_conn_msize(f->c), ==, 1024 * 1024);
+    p9_fcall_clear(&r);
+    P9Fcall a = { .type = P9_TATTACH, .tag = 1, .fid = 0, .fid2 = P9_NOFID, .uname = (char *)"u",
+                  .aname = (char *)"", .n_uname = 0 };
+    g_assert_cmpint(call(f, &a, &r), ==, 0);
+    g_assert_cmpuint(r.qid.type, ==, P9_QTDIR);
+    p9_fcall_clear(&r);
+}
+
+static void test_session(void)
+{
+    Fixture f;
+    fixture_setup(&f, "passthrough");
+    start(&f);
+    P9Fcall r;
+    P9Fcall mk = { .type = P9_TMKDIR, .tag = 2, .fid = 0, .name = (char *)"sub", .mode = 0755 };
+    g_assert_cmpint(call(&f, &mk, &r), ==, 0);
+    p9_fcall_clear(&r);
+    P9Fcall w = { .type = P9_TWALK, .tag = 3, .fid = 0, .fid2 = 1, .nwname = 2,
+                  .wnames = { (char *)"sub", (char *)"missing" } };
+    g_assert_cmpint(call(&f, &w, &r), ==, 0);
+    g_assert_cmpuint(r.nwqid, ==, 1);          /* a partial walk */
+    p9_fcall_clear(&r);
+    P9Fcall cl = { .type = P9_TCLUNK, .tag = 4, .fid = 1 };
+    g_assert_cmpint(call(&f, &cl, &r), ==, EBADF);   /* newfid was not made */
+    p9_fcall_clear(&r);
+    /* a new version forgets every fid */
+    P9Fcall v = { .type = P9_TVERSION, .tag = P9_NOTAG, .msize = 8192, .version = (char *)"9P2000.L" };
+    g_assert_cmpint(call(&f, &v, &r), ==, 0);
+    g_assert_cmpuint(r.msize, ==, 8192);
+    p9_fcall_clear(&r);
+    P9Fcall ga = { .type = P9_TGETATTR, .tag = 5, .fid = 0, .mask = P9_GETATTR_BASIC };
+    g_assert_cmpint(call(&f, &ga, &r), ==, EBADF);
+    p9_fcall_clear(&r);
+    /* too small an msize */
+    P9Fcall v2 = { .type = P9_TVERSION, .tag = P9_NOTAG, .msize = 512, .version = (char *)"9P2000.L" };
+    g_assert_cmpint(call(&f, &v2, &r), ==, EMSGSIZE);
+    p9_fcall_clear(&r);
+    fixture_teardown(&f);
+}
+
+static void test_many_in_flight(void)
+{
+    Fixture f;
+    fixture_setup(&f, "mapped-xattr");
+    start(&f);
+    /* 200 getattrs at once, tags 100..299: every one answered once */
+    for (guint16 tag = 100; tag < 300; tag++) {
+        P9Fcall ga = { .type = P9_TGETATTR, .tag = tag, .fid = 0, .mask = P9_GETATTR_BASIC };
+        send_fcall(&f, &ga);
+    }
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_direct_hash, g_direct_equal);
+    for (int i = 0; i < 200; i++) {
+        P9Fcall r;
+        g_autoptr(GBytes) b = next_reply(&f, &r);
+        g_assert_cmpuint(r.type, ==, P9_RGETATTR);
+        g_assert_true(g_hash_table_add(seen, GUINT_TO_POINTER(r.tag)));
+        p9_fcall_clear(&r);
+    }
+    g_assert_cmpuint(fsd_conn_pending(f.c), ==, 0);
+    /* a tag already in flight is refused, the first keeps going */
+    P9Fcall fl = { .type = P9_TFLUSH, .tag = 7, .oldtag = 999 };
+    P9Fcall r;
+    g_assert_cmpint(call(&f, &fl, &r), ==, 0);
+    g_assert_cmpuint(r.type, ==, P9_RFLUSH);
+    p9_fcall_clear(&r);
+    fixture_teardown(&f);
+}
+
+static void test_garbage_answered(void)
+{
+    Fixture f;
+    fixture_setup(&f, "mapped-file");
+    start(&f);
+    /* every prefix of a valid Tlcreate gets an Rlerror, never a crash */
+    P9Fcall m = { .type = P9_TLCREATE, .tag = 9, .fid = 0, .name = (char *)"x", .flags = 2, .mode = 0644 };
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    g_assert_true(p9_encode(&m, G_MAXUINT32, b, NULL));
+    for (guint len = 0; len < b->len; len++) {
+        guint8 *copy = g_memdup2(b->data, len ? len : 1);
+        if (len >= 4) {
+            guint32 le = GUINT32_TO_LE(len);
+            memcpy(copy, &le, 4);
+        }
+        fsd_conn_receive(f.c, copy, len);
+        g_free(copy);
+        P9Fcall r;
+        g_autoptr(GBytes) reply = next_reply(&f, &r);
+        g_assert_cmpuint(r.type, ==, P9_RLERROR);
+        g_assert_cmpuint(r.ecode, ==, EINVAL);
+        p9_fcall_clear(&r);
+    }
+    fsd_conn_refuse_oversize(f.c, P9_TWRITE, 33, 1 << 30);
+    P9Fcall r;
+    g_autoptr(GBytes) reply = next_reply(&f, &r);
+    g_assert_cmpuint(r.tag, ==, 33);
+    g_assert_cmpuint(r.ecode, ==, EMSGSIZE);
+    fixture_teardown(&f);
+}
+
+static void test_throttle_config(void)
+{
+    FsdThrottleConfig c = { 0 };
+    GError *err = NULL;
+    g_assert_true(fsd_throttle_config_set(&c, "throttling.bps-read", 100, &err));
+    g_assert_true(fsd_throttle_config_set(&c, "bps-read-max", 200, &err));
+    g_assert_true(fsd_throttle_config_set(&c, "iops-size", 4096, &err));
+    g_assert_true(fsd_throttle_config_check(&c, &err));
+    g_assert_true(fsd_throttle_config_enabled(&c));
+    g_assert_false(fsd_throttle_config_set(&c, "bps-sideways", 1, &err));
+    g_assert_error(err, VMM_ERROR, VMM_ERROR_INVALID);
+    g_clear_error(&err);
+    c.avg[FSD_THR_BPS_TOTAL] = 5;
+    g_assert_false(fsd_throttle_config_check(&c, &err));
+    g_clear_error(&err);
+    FsdThrottleConfig d = { 0 };
+    d.avg[FSD_THR_OPS_WRITE] = 100;
+    d.max[FSD_THR_OPS_WRITE] = 10;
+    g_assert_false(fsd_throttle_config_check(&d, &err));
+    g_clear_error(&err);
+}
+
+static void test_throttle_iops(void)
+{
+    /* 200 writes/s, bucket 20: 60 writes take about (60-20)/200 = 0.2 s */
+    FsdThrottleConfig c = { 0 };
+    c.avg[FSD_THR_OPS_WRITE] = 200;
+    FsdThrottle *t = fsd_throttle_new(&c);
+    gint64 start = g_get_monotonic_time();
+    for (int i = 0; i < 60; i++)
+        g_assert_true(fsd_throttle_wait(t, TRUE, 512, NULL));
+    double secs = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
+    g_test_message("60 writes at 200/s took %.3f s", secs);
+    g_assert_cmpfloat(secs, >=, 0.15);
+    /* reads are not limited here */
+    start = g_get_monotonic_time();
+    for (int i = 0; i < 1000; i++)
+        g_assert_true(fsd_throttle_wait(t, FALSE, 512, NULL));
+    g_assert_cmpint(g_get_monotonic_time() - start, <, G_USEC_PER_SEC);
+    fsd_throttle_free(t);
+    /* 1000 bytes/s after 100000 bytes: the next waits 100 s, unless cancelled */
+    FsdThrottleConfig b = { 0 };
+    b.avg[FSD_THR_BPS_WRITE] = 1000;
+    t = fsd_throttle_new(&b);
+    g_assert_true(fsd_throttle_wait(t, TRUE, 100000, NULL));
+    gint cancelled = 1;
+    start = g_get_monotonic_time();
+    g_assert_false(fsd_throttle_wait(t, TRUE, 1, &cancelled));
+    g_assert_cmpint(g_get_monotonic_time() - start, <, G_USEC_PER_SEC);
+    fsd_throttle_free(t);
+}
+
+static void test_model_names(void)
+{
+    FsdModel m;
+    g_assert_true(fsd_model_parse("mapped", &m, NULL));
+    g_assert_cmpint(m, ==, FSD_SM_MAPPED_XATTR);
+    g_assert_true(fsd_model_parse("none", &m, NULL));
+    g_assert_cmpstr(fsd_model_name(m), ==, "none");
+    GError *err = NULL;
+    g_assert_false(fsd_model_parse("mapped-ish", &m, &err));
+    g_assert_nonnull(strstr(err->message, "invalid security_model"));
+    g_clear_error(&err);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/9p-server/session", test_session);
+    g_test_add_func("/9p-server/many-in-flight", test_many_in_flight);
+    g_test_add_func("/9p-server/garbage", test_garbage_answered);
+    g_test_add_func("/9p-server/throttle-config", test_throttle_config);
+    g_test_add_func("/9p-server/throttle-iops", test_throttle_iops);
+    g_test_add_func("/9p-server/model-names", test_model_names);
+    return g_test_run();
+}

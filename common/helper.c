@@ -180,7 +180,8 @@ int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc)
         vmm_error("%s", err->message);
         return 1;
     }
-    if (!vmm_sandbox_enter(desc->profile, &h.policy, &err)) {
+    if (desc->enter_sandbox ? !desc->enter_sandbox(&h, &h.policy, &err)
+                            : !vmm_sandbox_enter(desc->profile, &h.policy, &err)) {
         vmm_error("sandbox: %s", err->message);
         return 1;
     }

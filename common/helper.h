@@ -22,6 +22,9 @@ typedef struct {
     /* After the loop stopped, while it and the channel still exist: release
      * what uses them (threads that post to the loop). May be NULL. */
     void (*cleanup)(VmmHelper *h);
+    /* Enters the sandbox instead of vmm_sandbox_enter(profile) (fsd keeps the
+     * file capabilities for passthrough exports). May be NULL. */
+    gboolean (*enter_sandbox)(VmmHelper *h, const VmmSandboxPolicy *policy, GError **error);
 } VmmHelperDesc;
 
 int vmm_helper_main(int argc, char **argv, const VmmHelperDesc *desc);

@@ -14,6 +14,7 @@
  * component at a time, fsd/node.c). */
 #include "fsd/fsd-sandbox.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/profiles.h"
 
 #include <cap-ng.h>
@@ -33,11 +34,25 @@ static gboolean keep_file_caps(GError **error)
     if (capng_get_caps_process() != 0)
         return vmm_set_errno(error, errno ? errno : EPERM, "sandbox 'fsd': reading capabilities");
     gboolean setpcap = capng_have_capability(CAPNG_EFFECTIVE, CAP_SETPCAP);
+    /* Only what the process has can be kept: a helper started by a sandboxed
+     * spawner has none, and passthrough then works as for an unprivileged
+     * QEMU (ownership changes fail). */
+    gboolean have[G_N_ELEMENTS(passthrough_caps)];
+    guint missing = 0;
+    for (gsize i = 0; i < G_N_ELEMENTS(passthrough_caps); i++) {
+        have[i] = capng_have_capability(CAPNG_PERMITTED, passthrough_caps[i]);
+        missing += !have[i];
+    }
     capng_clear(setpcap ? CAPNG_SELECT_BOTH : CAPNG_SELECT_CAPS);
     for (gsize i = 0; i < G_N_ELEMENTS(passthrough_caps); i++) {
-        capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | (setpcap ? CAPNG_BOUNDING_SET : 0),
-                     passthrough_caps[i]);
+        if (have[i])
+            capng_update(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED | (setpcap ? CAPNG_BOUNDING_SET : 0),
+                         passthrough_caps[i]);
     }
+    if (missing)
+        vmm_warn("security_model=passthrough: fsd lacks %u of the %u file capabilities it needs "
+                 "(CAP_CHOWN, CAP_DAC_OVERRIDE, ...); changes of ownership will fail", missing,
+                 (guint)G_N_ELEMENTS(passthrough_caps));
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
         return vmm_set_errno(error, errno, "sandbox 'fsd': clearing ambient capabilities");
     if (capng_apply(setpcap ? CAPNG_SELECT_BOTH : CAPNG_SELECT_CAPS) != 0)

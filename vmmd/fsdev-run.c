@@ -382,3 +382,16 @@ gboolean vmm_fsdevs_handle_event(Vmmd *d, const char *name, JsonObject *data)
         connect_external(r);
     return TRUE;
 }
+
+gboolean vmm_fsdev_needs_passthrough(Vmmd *d)
+{
+    const VmmVmConfig *vm = d->config->vm;
+    for (guint i = 0; vm && i < vm->fsdevs.fsdevs->len; i++) {
+        const VmmFsdev *f = vm->fsdevs.fsdevs->pdata[i];
+        gboolean served_here = f->path && !f->socket && f->sock_fd < 0;
+        if (served_here && f->security_model &&
+            (g_str_equal(f->security_model, "passthrough") || g_str_equal(f->security_model, "none")))
+            return TRUE;
+    }
+    return FALSE;
+}

@@ -23,3 +23,6 @@ void vmm_fsdevs_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu);
 /* vcpu-worker's fsdev events; FALSE if NAME is not one. */
 gboolean vmm_fsdevs_handle_event(Vmmd *d, const char *name, JsonObject *data);
 void vmm_fsdevs_free(Vmmd *d);
+/* Whether an export fsd serves for this VM uses security_model=passthrough
+ * or none: fsd then keeps the file capabilities (its --passthrough). */
+gboolean vmm_fsdev_needs_passthrough(Vmmd *d);

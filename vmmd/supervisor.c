@@ -236,7 +236,9 @@ static void start_helper(VmmHelperProc *hp)
         return;
     }
     g_autofree char *policy = vmm_sandbox_policy_to_string(&d->config->sandbox);
-    const char *argv[] = { hp->path, "--control-fd", "3", "--sandbox", policy, NULL };
+    const char *argv[] = { hp->path, "--control-fd", "3", "--sandbox", policy, NULL, NULL };
+    if (g_str_equal(hp->role, "fsd") && vmm_fsdev_needs_passthrough(d))
+        argv[5] = "--passthrough";
     vmm_spawner_spawn(d, argv, &sv[1], 1, on_spawned, hp);
     close(sv[1]);
 }

@@ -28,9 +28,10 @@ L1_MODULES="virtio_pci virtio_blk virtio_net 9pnet_virtio 9pnet_fd 9p
             irqbypass ccp kvm kvm_amd nbd tun loop crc32c_generic ext4"
 
 # L2 modules (the guest vmmd boots): the virtio-mmio devices of the microvm
-# machine, and the ACPI power button with its input device so that /init can
+# machine (disks, entropy, 9p shares), and the ACPI power button with its
+# input device so that /init can
 # power off on QMP system_powerdown.
-L2_MODULES="virtio_mmio virtio_blk virtio_rng button evdev"
+L2_MODULES="virtio_mmio virtio_blk virtio_rng 9pnet_virtio 9p button evdev"
 
 die() { echo "build-kit: $*" >&2; exit 1; }
 skip() { echo "rig: SKIP: $*" >&2; exit 77; }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# In the rig's L1: Debian's kernel, booted by vmmd, mounts a host directory
+# through virtio-9p (vcpu-worker) served by the fsd helper:
+#   mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt
+# with -virtfs (security_model=mapped-xattr). Not here yet: the -fsdev/-device
+# form (a guest booted with it did not finish in the rig: open, issue 7) and
+# passthrough through vmmd (under -sandbox on the spawner drops every
+# capability before it starts helpers, so fsd cannot chown;
+# tests/interop/rig-fsd-kernel.sh covers passthrough with standalone fsd). The guest creates, writes, appends, truncates,
+# renames across directories, links, symlinks, chmods and chowns, makes a fifo,
+# lists a directory of 1000 entries and reads a host-made file; the host then
+# checks the export: contents, and the representation of the security model
+# (user.virtfs.* xattrs). A readonly export refuses the guest's writes.
+set -euo pipefail
+# The same gate as rig-vmmd-boot.sh while early boot can triple-fault.
+if [ -z "${VMM_BOOT_TEST:-}" ]; then
+  echo "SKIP: known intermittent triple fault in early boot (issue 6); set VMM_BOOT_TEST=1 to run"
+  exit 77
+fi
+BIN=${VMM_BIN_DIR:?}
+: "${RIG_KIT:?RIG_KIT is not set: run this through the rig}"
+. "$RIG_KIT/kit.env"
+[ -c /dev/kvm ] || { echo "FAIL: no /dev/kvm (RIG_MODE=${RIG_MODE:-?})"; exit 1; }
+T=$(mktemp -d /tmp/rig-9p.XXXXXX)
+PID=
+cleanup() {
+  [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true
+  mountpoint -q "$T/fs" 2>/dev/null && umount "$T/fs"
+  rm -rf "$T"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; exit 1; }
+# The exports live on ext4: L1's /tmp is a tmpfs, which has no user.* xattrs.
+truncate -s 256M "$T/fs.img"
+mkfs.ext4 -q -F "$T/fs.img"
+mkdir -p "$T/fs"
+mount -o loop "$T/fs.img" "$T/fs" || fail "loop mount of the ext4 image"
+E=$T/fs
+
+cat >"$T/script.sh" <<'EOF'
+B=/bin/busybox
+$B mkdir -p /mnt
+$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt || { $B echo GUEST-9P-MOUNT-FAILED; exit 0; }
+cd /mnt
+$B cat hostfile | $B md5sum | $B cut -d' ' -f1 | $B sed 's/^/GUEST-HOSTFILE-MD5 /'
+if ! $B touch probe 2>/tmp/err; then
+  $B echo "GUEST-READONLY $($B cat /tmp/err)"
+  exit 0
+fi
+$B mkdir -p a/b c
+$B echo hello >a/b/f
+$B echo world >>a/b/f
+$B dd if=/dev/zero of=big bs=64k count=16 2>/dev/null
+$B truncate -s 4096 big 2>/dev/null || $B dd if=/dev/zero of=big bs=4096 count=1 2>/dev/null
+$B mv a/b/f c/g
+$B ln c/g c/hard
+$B ln -s ../c/g a/sym
+$B chmod 640 c/g
+$B chown 1234:5678 c/g
+$B mkfifo c/fifo
+$B mkdir many
+i=0; while [ $i -lt 1000 ]; do : >many/f$i; i=$((i + 1)); done
+$B echo "GUEST-MANY $($B ls many | $B wc -l)"
+$B echo "GUEST-READLINK $($B readlink a/sym)"
+$B echo "GUEST-CONTENT $($B cat a/sym | $B tr '\n' ' ')"
+$B echo "GUEST-STAT $($B stat -c '%a %u %g %h' c/g)"
+$B sync
+cd /
+$B umount /mnt && $B echo GUEST-UMOUNT-OK
+exit 0
+EOF
+truncate -s 64K "$T/script.raw"
+dd if="$T/script.sh" of="$T/script.raw" conv=notrunc status=none
+
+run_guest() { # LABEL SHARE-OPTIONS...
+  local label=$1 rc=0; shift
+  setsid "$BIN/vmmd" -sandbox "$SANDBOX" -kernel "$RIG_BZIMAGE" -initrd "$RIG_INITRAMFS_L2" -m 256M \
+      -append "console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda" \
+      -drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0 \
+      "$@" -qmp "unix:$T/qmp.sock,server=on,wait=off" </dev/null >"$T/out" 2>&1 &
+  PID=$!
+  for _ in $(seq 3000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$PID" 2>/dev/null && fail "$label: vmmd still running after 300 s"
+  wait "$PID" || rc=$?
+  PID=
+  tr -d '\r' <"$T/out" >"$T/console"
+  [ $rc -eq 0 ] || fail "$label: vmmd exited $rc"
+  grep -aq "^GUEST-9P-MOUNT-FAILED" "$T/console" && fail "$label: the guest could not mount the share"
+  [ "$(guest GUEST-HOSTFILE-MD5)" = "$HOST_MD5" ] || fail "$label: the guest read the host's file as '$(guest GUEST-HOSTFILE-MD5)'"
+  return 0
+}
+guest() { grep -a "^$1" "$T/console" | tail -1 | cut -d' ' -f2-; }
+
+check_tree() { # LABEL EXPORT
+  local label=$1 e=$2
+  [ "$(guest GUEST-MANY)" = 1000 ] || fail "$label: the guest listed $(guest GUEST-MANY) entries, not 1000"
+  [ "$(guest GUEST-READLINK)" = ../c/g ] || fail "$label: readlink '$(guest GUEST-READLINK)'"
+  [ "$(guest GUEST-CONTENT)" = "hello world " ] || fail "$label: content through the symlink '$(guest GUEST-CONTENT)'"
+  [ "$(guest GUEST-STAT)" = "640 1234 5678 2" ] || fail "$label: the guest's stat of c/g: '$(guest GUEST-STAT)'"
+  grep -aq "^GUEST-UMOUNT-OK" "$T/console" || fail "$label: umount failed"
+  [ "$(cat "$e/c/g")" = "hello
+world" ] || fail "$label: host content of c/g"
+  [ ! -e "$e/a/b/f" ] || fail "$label: rename left the source"
+  [ "$(stat -c %i "$e/c/g")" = "$(stat -c %i "$e/c/hard")" ] || fail "$label: the hard link is not one inode on the host"
+  # The mapped models keep a symlink as a regular file holding the target (QEMU's layout).
+  if [ "$label" != passthrough ]; then
+    [ -f "$e/a/sym" ] && [ "$(cat "$e/a/sym")" = ../c/g ] || fail "$label: host file of the symlink"
+  else
+    [ "$(readlink "$e/a/sym")" = ../c/g ] || fail "$label: host symlink target"
+  fi
+  [ "$(stat -c %s "$e/big")" = 4096 ] || fail "$label: truncate: host size $(stat -c %s "$e/big")"
+  [ "$(ls "$e/many" | wc -l)" = 1000 ] || fail "$label: host has $(ls "$e/many" | wc -l) entries"
+}
+
+HOST_MD5=
+SANDBOX=on
+make_export() { # DIR
+  mkdir -p "$1"
+  head -c 100000 /dev/urandom >"$1/hostfile"
+  HOST_MD5=$(md5sum <"$1/hostfile" | cut -d' ' -f1)
+}
+
+# mapped-xattr through -virtfs: the guest's owner and mode live in xattrs;
+# host files stay owned by fsd's uid (root here) with the fmode/dmode defaults.
+make_export "$E/x"
+run_guest "mapped-xattr" -virtfs "local,path=$E/x,mount_tag=share,security_model=mapped-xattr"
+check_tree "mapped-xattr" "$E/x"
+xattr_u32() { # FILE NAME: a little-endian 32-bit value, as QEMU writes user.virtfs.*
+  python3 -c 'import os, struct, sys; print(struct.unpack("<I", os.getxattr(sys.argv[1], sys.argv[2])[:4])[0])' "$1" "$2"
+}
+[ "$(xattr_u32 "$E/x/c/g" user.virtfs.uid)" = 1234 ] || fail "mapped-xattr: user.virtfs.uid of c/g is not 1234"
+[ "$(xattr_u32 "$E/x/c/g" user.virtfs.gid)" = 5678 ] || fail "mapped-xattr: user.virtfs.gid of c/g is not 5678"
+[ "$(( $(xattr_u32 "$E/x/c/g" user.virtfs.mode) & 07777 ))" = $((0640)) ] || fail "mapped-xattr: user.virtfs.mode of c/g"
+[ "$(stat -c %u "$E/x/c/g")" = 0 ] || fail "mapped-xattr: the host file's owner changed"
+[ -f "$E/x/c/fifo" ] || fail "mapped-xattr: the fifo is not a regular file on the host"
+echo "mapped-xattr: the guest's tree is on the host, owners and modes in user.virtfs.*"
+
+SANDBOX=on
+# readonly: the guest reads, cannot write.
+make_export "$E/r"
+run_guest "readonly" -virtfs "local,path=$E/r,mount_tag=share,security_model=mapped-xattr,readonly=on"
+grep -aq "^GUEST-READONLY" "$T/console" || fail "readonly: the guest could write"
+[ ! -e "$E/r/probe" ] || fail "readonly: a file appeared on the host"
+echo "PASS: virtio-9p through fsd (mapped-xattr, readonly)"

@@ -318,10 +318,10 @@ static void write_rsdp(guint8 *p, guint64 xsdt)
 static gboolean place_table(guint8 *ram, GByteArray *t, guint64 *next, guint64 *addr, GError **error)
 {
     guint64 at = (*next + ACPI_TABLE_ALIGN - 1) & ~(guint64)(ACPI_TABLE_ALIGN - 1);
-    if (at + t->len > VMM_ACPI_END)
+    if (at + t->len > VMM_RESET_VECTOR_ADDR)
         return acpi_fail(error, VMM_ERROR_TOO_BIG,
                          "ACPI tables: %.4s of %u bytes does not fit below 0x%llx",
-                         (const char *)t->data, t->len, VMM_ACPI_END);
+                         (const char *)t->data, t->len, VMM_RESET_VECTOR_ADDR);
     memcpy(ram + at, t->data, t->len);
     *addr = at;
     *next = at + t->len;

@@ -117,8 +117,24 @@ static void boot_gdt(guint64 gdt[VMM_GDT_ENTRIES])
     gdt[VMM_SEL_TSS / 8] = vmm_gdt_entry(0x008b, 0, 0x67);
 }
 
+/* What a reset that goes through the firmware finds at f000:fff0. Linux
+ * reboots a hardware-reduced ACPI machine with reboot_type EFI (see
+ * efi_reboot_required()), which without EFI falls through to
+ * machine_real_restart(): a jump to the reset vector in real mode, where
+ * a PC has its BIOS and we have no firmware. QEMU's microvm has qboot
+ * there; we have 7 bytes that pulse the reset line through the i8042
+ * (which vcpu-worker turns into a system reset) and halt:
+ *   mov al, 0xfe; out 0x64, al; 1: hlt; jmp 1b */
+static void write_reset_vector(guint8 *ram)
+{
+    static const guint8 stub[] = { 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd };
+    memset(ram + VMM_RESET_VECTOR_ADDR, 0, 16);
+    memcpy(ram + VMM_RESET_VECTOR_ADDR, stub, sizeof(stub));
+}
+
 static void write_gdt_idt(guint8 *ram)
 {
+    write_reset_vector(ram);
     guint64 gdt[VMM_GDT_ENTRIES];
     boot_gdt(gdt);
     for (guint i = 0; i < VMM_GDT_ENTRIES; i++)

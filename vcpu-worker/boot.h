@@ -29,6 +29,9 @@
 #define VMM_LEGACY_HOLE_START   0xa0000ULL   /* VGA window and BIOS area: not RAM to Linux */
 #define VMM_ACPI_START          0xe0000ULL   /* RSDP first (the legacy scan finds it), then tables */
 #define VMM_ACPI_END            0x100000ULL
+/* The x86 reset vector (real mode f000:fff0), last 16 bytes of the ACPI area:
+ * a stub that resets through the i8042 (boot.c). */
+#define VMM_RESET_VECTOR_ADDR   0xffff0ULL
 #define VMM_KERNEL_MIN_ADDR     0x100000ULL  /* nothing the guest loads may go lower */
 
 /* 1 MiB up to the MMIO hole is low RAM; the rest of RAM starts at 4 GiB. */

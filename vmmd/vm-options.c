@@ -270,6 +270,9 @@ static const VmmOptKey chardev_keys[] = {
     { "nowait", VMM_OPT_BOOL, "old spelling of wait=off", NULL },
     { "append", VMM_OPT_BOOL, "append to the file instead of truncating it", "off" },
     { "signal", VMM_OPT_BOOL, "Ctrl-C in the terminal ends vmmd (stdio)", "on" },
+    /* Known, to be refused by name: vmmd's sockets are Unix sockets. */
+    { "host", VMM_OPT_STRING, "TCP socket host (not supported)", NULL },
+    { "port", VMM_OPT_STRING, "TCP socket port (not supported)", NULL },
     { NULL },
 };
 static const VmmOptSpec chardev_spec = { "chardev", "backend", chardev_keys };
@@ -304,7 +307,7 @@ static gboolean chardev_backend(JsonObject *o, const char *value, VmmSerialConfi
         b->kind = VMM_SERIAL_FILE;
         b->append = vmm_opts_get_bool(o, "append", FALSE);
     } else if (g_str_equal(backend, "socket")) {
-        if (!path)
+        if (!path || vmm_opts_has(o, "host") || vmm_opts_has(o, "port"))
             return chardev_fail(error, value, "vmmd's socket chardev needs path= (a Unix "
                                 "socket; host=/port= are not supported)");
         if (vmm_opts_has(o, "nowait"))

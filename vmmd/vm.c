@@ -160,6 +160,17 @@ static void guest_shutdown(Vmmd *d, JsonObject *data, const char *reason)
     }
 }
 
+/* A guest that cannot be rebooted would sit there stopped: end it instead. */
+static void on_guest_reset_done(Vmmd *d, const GError *error, gpointer user)
+{
+    if (!error)
+        return;
+    vmm_error("cannot reset the guest: %s", error->message);
+    d->guest_state = VMM_GUEST_ENDED;
+    d->exit_code = 1;
+    vmmd_request_quit(d, "host-error");
+}
+
 /* A guest reboot (ACPI reset register, i8042, triple fault): QEMU's reason
  * is guest-reset for all of them. -no-reboot turns it into a shutdown. */
 static void guest_reset(Vmmd *d, const char *reason)
@@ -170,7 +181,7 @@ static void guest_reset(Vmmd *d, const char *reason)
         vmmd_request_quit(d, "guest-reset");
         return;
     }
-    vmm_vm_reset(d, "guest-reset", TRUE, NULL, NULL);
+    vmm_vm_reset(d, "guest-reset", TRUE, on_guest_reset_done, NULL);
 }
 
 gboolean vmm_vm_handle_event(Vmmd *d, const char *name, JsonObject *data)

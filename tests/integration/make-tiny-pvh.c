@@ -4,9 +4,10 @@
  * once) and then powers off through the ACPI sleep control register (SLP_EN
  * with SLP_TYP 5, acpi.h), followed by a HLT loop in case that is ignored.
  * With --no-poweroff it only prints and halts: a guest that runs until vmmd
- * is told to quit.
+ * is told to quit. With --reboot it resets itself through the i8042 (command
+ * 0xfe on port 0x64) instead of powering off: it prints again on every boot.
  *
- *   make-tiny-pvh [--no-poweroff] OUTPUT */
+ *   make-tiny-pvh [--no-poweroff|--reboot] OUTPUT */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,7 +22,9 @@ static void put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
 static void put32(uint8_t *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
 static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)v); put32(p + 4, v >> 32); }
 
-static size_t emit_code(uint8_t *c, int poweroff)
+enum { END_HALT, END_POWEROFF, END_REBOOT };
+
+static size_t emit_code(uint8_t *c, int end)
 {
     static const char msg[] = "VMM-TINY-OK\n";
     size_t n = 0;
@@ -30,9 +33,12 @@ static size_t emit_code(uint8_t *c, int poweroff)
         c[n++] = 0xb0; c[n++] = (uint8_t)*m;                       /* mov al, imm8 */
         c[n++] = 0xee;                                              /* out dx, al */
     }
-    if (poweroff) {
+    if (end == END_POWEROFF) {
         c[n++] = 0xb0; c[n++] = ACPI_S5_VALUE;                      /* mov al, S5 */
         c[n++] = 0xa2; put32(c + n, ACPI_SLEEP_CTL); n += 4;        /* mov [moffs32], al */
+    } else if (end == END_REBOOT) {
+        c[n++] = 0xb0; c[n++] = 0xfe;                               /* mov al, 0xfe */
+        c[n++] = 0xe6; c[n++] = 0x64;                               /* out 0x64, al */
     }
     c[n++] = 0xf4;                                                  /* 1: hlt */
     c[n++] = 0xeb; c[n++] = 0xfd;                                   /* jmp 1b */
@@ -56,13 +62,17 @@ int main(int argc, char **argv)
 {
     uint8_t img[CODE_OFFSET + 256];
     memset(img, 0, sizeof(img));
-    int poweroff = !(argc == 3 && strcmp(argv[1], "--no-poweroff") == 0);
-    if (argc != 2 && poweroff) {
-        fprintf(stderr, "usage: %s [--no-poweroff] OUTPUT\n", argv[0]);
+    int end = END_POWEROFF;
+    if (argc == 3 && strcmp(argv[1], "--no-poweroff") == 0)
+        end = END_HALT;
+    else if (argc == 3 && strcmp(argv[1], "--reboot") == 0)
+        end = END_REBOOT;
+    else if (argc != 2) {
+        fprintf(stderr, "usage: %s [--no-poweroff|--reboot] OUTPUT\n", argv[0]);
         return 2;
     }
     const char *out = argv[argc - 1];
-    size_t code_len = emit_code(img + CODE_OFFSET, poweroff);
+    size_t code_len = emit_code(img + CODE_OFFSET, end);
     const size_t phoff = 64, note_off = phoff + 2 * 56, note_len = 12 + 4 + 4;
 
     memcpy(img, "\177ELF", 4);

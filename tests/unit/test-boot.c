@@ -714,6 +714,26 @@ static void test_pvh_synthetic(void)
     ram_free(&r);
 }
 
+/* Linux reboots our hardware-reduced ACPI machine through the real-mode reset
+ * vector; the stub there must pulse the i8042 reset line and halt. */
+static void test_reset_vector(void)
+{
+    static const guint8 stub[] = { 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd };
+    Ram r = ram_new(64 * MiB);
+    VmmGuestConfig cfg = config_for(r.size);
+    g_autoptr(GByteArray) k = fake_elf(&elf_default);
+    VmmBootImages img = { .kernel = k->data, .kernel_size = k->len, .rsdp_addr = VMM_ACPI_START };
+    VmmBootInfo info;
+    g_autoptr(GError) err = NULL;
+    memset(r.ram + VMM_RESET_VECTOR_ADDR, 0xcc, 16);
+    g_assert_true(vmm_boot_load(&cfg, &img, r.ram, r.size, &info, &err));
+    g_assert_no_error(err);
+    g_assert_cmpmem(r.ram + VMM_RESET_VECTOR_ADDR, sizeof(stub), stub, sizeof(stub));
+    for (guint i = sizeof(stub); i < 16; i++)
+        g_assert_cmphex(r.ram[VMM_RESET_VECTOR_ADDR + i], ==, 0);
+    ram_free(&r);
+}
+
 static void expect_pvh_error(GByteArray *k, int code, const char *needle)
 {
     Ram r = ram_new(64 * MiB);
@@ -930,5 +950,6 @@ int main(int argc, char **argv)
     g_test_add_func("/boot/pvh/synthetic", test_pvh_synthetic);
     g_test_add_func("/boot/pvh/errors", test_pvh_errors);
     g_test_add_func("/boot/pvh/debian", test_pvh_debian);
+    g_test_add_func("/boot/reset-vector", test_reset_vector);
     return g_test_run();
 }

@@ -189,6 +189,38 @@ static void test_serial(void)
     EXPECT_ERROR("server", "-serial", "unix:/tmp/x,server=maybe");
 }
 
+static void test_chardev(void)
+{
+    VmmVmConfig vm;
+    /* -serial chardev: may come before its -chardev, as in QEMU. */
+    expect_ok(&vm, (const char *const[]){ "-serial", "chardev:c1", "-serial", "chardev:c0",
+                                          "-chardev", "socket,id=c0,path=/tmp/c.sock,server=on,wait=off",
+                                          "-chardev", "file,id=c1,path=/tmp/log,append=on",
+                                          "-chardev", "stdio,id=c2", "-chardev", "null,id=c3", NULL });
+    g_assert_cmpuint(vm.chardevs->len, ==, 4);
+    VmmSerialConfig *s = vm.serials->pdata[0];
+    g_assert_cmpint(s->kind, ==, VMM_SERIAL_FILE);
+    g_assert_cmpstr(s->path, ==, "/tmp/log");
+    g_assert_true(s->append);
+    s = vm.serials->pdata[1];
+    g_assert_cmpint(s->kind, ==, VMM_SERIAL_UNIX);
+    g_assert_cmpstr(s->path, ==, "/tmp/c.sock");
+    g_assert_true(s->server);
+    g_assert_false(s->wait);
+    vmm_vm_config_clear(&vm);
+    /* QEMU's default for a server socket is to wait for its client. */
+    expect_ok(&vm, (const char *const[]){ "-chardev", "socket,id=x,path=/tmp/c.sock,server=on",
+                                          "-serial", "chardev:x", NULL });
+    g_assert_true(((VmmSerialConfig *)vm.serials->pdata[0])->wait);
+    vmm_vm_config_clear(&vm);
+    EXPECT_ERROR("chardev 'nope' not found", "-serial", "chardev:nope");
+    EXPECT_ERROR("Parameter 'id' is missing", "-chardev", "null");
+    EXPECT_ERROR("duplicate", "-chardev", "null,id=a", "-chardev", "stdio,id=a");
+    EXPECT_ERROR("'vc' is not a valid char driver name", "-chardev", "vc,id=a");
+    EXPECT_ERROR("path", "-chardev", "socket,id=a,host=localhost,port=4444");
+    EXPECT_ERROR("Parameter 'path' is missing", "-chardev", "file,id=a");
+}
+
 static void test_objects(void)
 {
     VmmVmConfig vm;
@@ -311,6 +343,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vm-options/cpu", test_cpu);
     g_test_add_func("/vm-options/boot-and-flags", test_boot_and_flags);
     g_test_add_func("/vm-options/serial", test_serial);
+    g_test_add_func("/vm-options/chardev", test_chardev);
     g_test_add_func("/vm-options/objects", test_objects);
     g_test_add_func("/vm-options/help-exits", test_help_exits);
     g_test_add_func("/vm-options/rng-device", test_rng_device);

@@ -673,6 +673,31 @@ static int sandbox_add_sched_rules(scmp_filter_ctx ctx, const SandboxPlan *plan)
     return rc;
 }
 
+/* Without fs-read, opening a path answers EACCES instead of killing: glibc
+ * opens files on its own in the middle of ordinary calls (malloc reads
+ * /proc/sys/vm/overcommit_memory the first time free() shrinks a thread's
+ * heap, and /sys/devices/system/cpu/online when it sizes its arenas) and
+ * copes with a failed open, but not with SIGSYS. Such a process still opens
+ * nothing. */
+static int sandbox_add_open_rules(scmp_filter_ctx ctx, const SandboxPlan *plan)
+{
+    static const char *const opens[] = { "open", "openat", "openat2", NULL };
+    if (sandbox_plan_has(plan, "fs-read") || !sandbox_plan_has(plan, "base")) {
+        return 0;
+    }
+    for (const char *const *c = opens; *c; c++) {
+        int nr = seccomp_syscall_resolve_name(*c);
+        if (nr < 0) {
+            continue;
+        }
+        int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), nr, 0);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
 static gboolean sandbox_add_allow_rules(scmp_filter_ctx ctx, const SandboxPlan *plan,
                                         const char *process, GError **error)
 {
@@ -693,6 +718,9 @@ static gboolean sandbox_add_allow_rules(scmp_filter_ctx ctx, const SandboxPlan *
     int rc = sandbox_add_clone_rules(ctx, plan);
     if (rc == 0) {
         rc = sandbox_add_sched_rules(ctx, plan);
+    }
+    if (rc == 0) {
+        rc = sandbox_add_open_rules(ctx, plan);
     }
     if (rc != 0) {
         return sandbox_fail_rc(error, rc, process, "seccomp argument rules");

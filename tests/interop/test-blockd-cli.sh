@@ -66,6 +66,19 @@ if [ -x "$BIN/vmm-img" ]; then
 fi
 kill -TERM "${PIDS[-1]}"; wait_gone "${PIDS[-1]}"
 
+# 2b. A sandboxed qcow2 export takes 128 MiB of writes from many requests in
+# flight: the workers' heaps grow and shrink (glibc then opens
+# /proc/sys/vm/overcommit_memory, which must fail, not kill blockd).
+qemu-img create -q -f qcow2 "$T/w.qcow2" 128M
+head -c 128M /dev/urandom >"$T/w.src"
+"$BIN/blockd" -k "$T/s2b" -f qcow2 -t "$T/w.qcow2" 2>"$T/b2b.log" & PIDS+=($!)
+wait_sock "$T/s2b"
+nbdcopy --requests=32 "$T/w.src" "$(uri "$T/s2b")" || fail "nbdcopy into a qcow2 export"
+kill -0 "${PIDS[-1]}" || fail "blockd died during the writes"
+kill -TERM "${PIDS[-1]}"; wait_gone "${PIDS[-1]}"
+qemu-img compare -f qcow2 -F raw "$T/w.qcow2" "$T/w.src" >/dev/null || fail "qcow2 export: written content differs"
+qemu-img check -q "$T/w.qcow2" || fail "qcow2 export: check after the writes"
+
 # 3. Without --persistent blockd exits after its last client.
 "$BIN/blockd" -k "$T/s3" -f raw "$T/a.raw" 2>"$T/b3.log" & pid=$!; PIDS+=($pid)
 wait_sock "$T/s3"

@@ -5,9 +5,11 @@
 #include "common/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
@@ -244,6 +246,41 @@ static int body_getaffinity_enosys(void)
     }
     pthread_join(t, NULL);
     return ok ? 0 : 4;
+}
+
+/* No fs-read: opening answers EACCES (glibc's own lazy opens must survive),
+ * and a thread whose heap shrinks (malloc reads overcommit_memory) lives. */
+static void *thread_alloc_free(void *arg)
+{
+    for (int i = 0; i < 64; i++) {
+        void *big[16];
+        for (int j = 0; j < 16; j++) {
+            big[j] = malloc(64 * 1024);
+            memset(big[j], 1, 64 * 1024);
+        }
+        for (int j = 15; j >= 0; j--) {
+            free(big[j]);
+        }
+    }
+    return arg;
+}
+
+static int body_open_eacces(void)
+{
+    if (open("/proc/self/status", O_RDONLY) != -1 || errno != EACCES) {
+        child_say("open did not fail with EACCES\n");
+        return 2;
+    }
+    if (openat(AT_FDCWD, "/etc/hostname", O_RDONLY | O_CLOEXEC) != -1 || errno != EACCES) {
+        child_say("openat did not fail with EACCES\n");
+        return 3;
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, thread_alloc_free, NULL) != 0) {
+        return 4;
+    }
+    pthread_join(t, NULL);
+    return 0;
 }
 
 static int body_sched_batch(void)
@@ -863,6 +900,11 @@ static void test_resourcecontrol(void)
                                           body_sched_batch));
 }
 
+static void test_open_without_fs_read(void)
+{
+    assert_exited_ok("open without fs-read", run_sandboxed("on", profile_base, body_open_eacces));
+}
+
 static void test_helper_work_under_base(void)
 {
     assert_exited_ok("libuv/json-glib/GLib under base",
@@ -900,6 +942,7 @@ int main(int argc, char **argv)
     g_test_add_func("/sandbox/filter/spawn", test_spawn);
     g_test_add_func("/sandbox/filter/elevateprivileges", test_elevateprivileges);
     g_test_add_func("/sandbox/filter/resourcecontrol", test_resourcecontrol);
+    g_test_add_func("/sandbox/filter/open-eacces", test_open_without_fs_read);
     g_test_add_func("/sandbox/filter/helper-work", test_helper_work_under_base);
     g_test_add_func("/sandbox/filter/state", test_state_in_sandbox);
     return g_test_run();

@@ -11,6 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* How long a machine reset waits for a drive's requests at blockd. */
+#define DETACH_TIMEOUT_MS 10000
+
 typedef struct {
     VmmDisks *owner;
     char *id;
@@ -186,11 +189,29 @@ static bool blk_work(void *opaque)
     return false;
 }
 
+static gboolean plug_slot(Disk *k, VmmVm *vm, GError **error)
+{
+    g_autofree char *name = g_strdup_printf("virtio-blk '%s'", k->id);
+    VmmVirtioSlotConfig sc = { .name = name, .slot = k->slot, .transport = vmm_virtio_blk_transport(k->blk),
+                               .work = blk_work, .opaque = k, .wait_fd = -1 };
+    k->plugged = vmm_virtio_slot_plug(vm, &sc, error);
+    return k->plugged != NULL;
+}
+
 static gboolean plug_one(Disk *k, VmmVm *vm, guint slot, GError **error)
 {
     k->vm = vm;
     k->slot = slot;
+    /* The device sees guest RAM through k->mem: after a machine reset it
+     * points at the new VM's mapping, and the kept device goes on. */
     vmm_virtio_slot_guest_mem(vm, &k->mem);
+    if (k->blk)
+        return plug_slot(k, vm, error);
+    if (!k->nbd) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "drive '%s' lost its connection to blockd in a reset", k->id);
+        return FALSE;
+    }
     VmmVirtioBlkConfig cfg;
     vmm_virtio_blk_config_init(&cfg);
     guint16 flags = vmm_blk_nbd_flags(k->nbd);
@@ -209,11 +230,7 @@ static gboolean plug_one(Disk *k, VmmVm *vm, guint slot, GError **error)
     if (!k->blk)
         return FALSE;
     vmm_virtio_blk_set_io_error_hook(k->blk, on_io_error, k);
-    g_autofree char *name = g_strdup_printf("virtio-blk '%s'", k->id);
-    VmmVirtioSlotConfig sc = { .name = name, .slot = slot, .transport = vmm_virtio_blk_transport(k->blk),
-                               .work = blk_work, .opaque = k, .wait_fd = -1 };
-    k->plugged = vmm_virtio_slot_plug(vm, &sc, error);
-    return k->plugged != NULL;
+    return plug_slot(k, vm, error);
 }
 
 gboolean vmm_disks_plug(VmmDisks *d, VmmVm *vm, GError **error)
@@ -243,6 +260,28 @@ static void unplug_one(Disk *k)
     k->nbd = NULL;
     vmm_virtio_blk_free(k->blk);
     k->blk = NULL;
+}
+
+static unsigned blk_busy(void *opaque)
+{
+    return vmm_virtio_blk_in_flight(opaque);
+}
+
+void vmm_disks_detach(VmmDisks *d)
+{
+    for (guint i = 0; d && i < d->disks->len; i++) {
+        Disk *k = d->disks->pdata[i];
+        if (!k->plugged)
+            continue;
+        gboolean idle = vmm_virtio_slot_reset_unplug(k->plugged, blk_busy, k->blk, DETACH_TIMEOUT_MS);
+        k->plugged = NULL;
+        if (!idle) {
+            /* Its completions would write into RAM that is about to go. */
+            vmm_warn("drive '%s': requests still at blockd after %u ms; the drive is dropped",
+                     k->id, DETACH_TIMEOUT_MS);
+            unplug_one(k);
+        }
+    }
 }
 
 void vmm_disks_unplug(VmmDisks *d)

@@ -41,3 +41,7 @@ gboolean vmm_disks_plug(VmmDisks *d, VmmVm *vm, GError **error);
 /* Before VM's RAM goes: stops the I/O threads, ends every NBD connection
  * (requests still waiting fail) and frees the devices. */
 void vmm_disks_unplug(VmmDisks *d);
+/* For a machine reset: resets every drive's device, waits for its requests
+ * at blockd, and takes it out of the VM, keeping the device and its NBD
+ * connection for the next vmm_disks_plug. */
+void vmm_disks_detach(VmmDisks *d);

@@ -228,12 +228,15 @@ gboolean vmm_fsdevs_plug(VmmFsdevs *s, VmmVm *vm, guint first, GError **error)
     s->plugged = TRUE;
     for (guint i = 0; i < s->fsdevs->len; i++) {
         Fsdev *f = s->fsdevs->pdata[i];
+        /* A device kept over a machine reset sees the new RAM through f->mem. */
         vmm_virtio_slot_guest_mem(vm, &f->mem);
-        f->dev = vmm_virtio_9p_new(f->device, f->tag, &f->mem);
-        vmm_virtio_9p_set_lost_hook(f->dev, on_lost, f);
-        if (f->fd >= 0)
-            vmm_virtio_9p_connect(f->dev, f->fd);
-        f->fd = -1;
+        if (!f->dev) {
+            f->dev = vmm_virtio_9p_new(f->device, f->tag, &f->mem);
+            vmm_virtio_9p_set_lost_hook(f->dev, on_lost, f);
+            if (f->fd >= 0)
+                vmm_virtio_9p_connect(f->dev, f->fd);
+            f->fd = -1;
+        }
         g_autofree char *name = g_strdup_printf("virtio-9p '%s'", f->device);
         VmmVirtioSlotConfig cfg = { .name = name, .slot = first + i,
                                     .transport = vmm_virtio_9p_transport(f->dev),
@@ -243,6 +246,23 @@ gboolean vmm_fsdevs_plug(VmmFsdevs *s, VmmVm *vm, guint first, GError **error)
             return FALSE;
     }
     return TRUE;
+}
+
+static unsigned p9_busy(void *opaque)
+{
+    return vmm_virtio_9p_in_flight(opaque);
+}
+
+void vmm_fsdevs_detach(VmmFsdevs *s)
+{
+    for (guint i = 0; s && i < s->fsdevs->len; i++) {
+        Fsdev *f = s->fsdevs->pdata[i];
+        /* The reset drops every request's buffers (replies from fsd are then
+         * read and thrown away) and waits for a reply being received: after
+         * it nothing touches guest RAM. The connection to fsd stays. */
+        vmm_virtio_slot_reset_unplug(f->slot, p9_busy, f->dev, 1000);
+        f->slot = NULL;
+    }
 }
 
 void vmm_fsdevs_unplug(VmmFsdevs *s)

@@ -33,6 +33,9 @@ guint vmm_fsdevs_slots(VmmFsdevs *f, guint first, VmmVirtioMmioSlot *slots, guin
 /* Creates the devices on VM (RAM mapped) in slots FIRST, FIRST + 1, ... */
 gboolean vmm_fsdevs_plug(VmmFsdevs *f, VmmVm *vm, guint first, GError **error);
 void vmm_fsdevs_unplug(VmmFsdevs *f);
+/* For a machine reset: resets every device and takes it out of the VM,
+ * keeping it and its connection to fsd for the next vmm_fsdevs_plug. */
+void vmm_fsdevs_detach(VmmFsdevs *f);
 
 /* vcpu-worker's commands fsdev-attach and fsdev-reconnect (fd 0: the
  * socket); *FSDEVS is made on first use, and a lost connection becomes the

@@ -549,7 +549,19 @@ static void free_machine_memory(uv_handle_t *h)
     g_free(h);      /* the machine itself: ended_async is its first member */
 }
 
+static void machine_free(VmmMachine *m, gboolean keep_devices);
+
 void vmm_machine_free(VmmMachine *m)
+{
+    machine_free(m, FALSE);
+}
+
+void vmm_machine_free_for_reset(VmmMachine *m)
+{
+    machine_free(m, TRUE);
+}
+
+static void machine_free(VmmMachine *m, gboolean keep_devices)
 {
     if (!m)
         return;
@@ -565,12 +577,17 @@ void vmm_machine_free(VmmMachine *m)
     m->com1 = NULL;
     vmm_i8042_free(m->i8042);
     m->i8042 = NULL;
-    vmm_disks_unplug(m->disks);
+    if (keep_devices) {
+        vmm_disks_detach(m->disks);
+        vmm_fsdevs_detach(m->fsdevs);
+    } else {
+        vmm_disks_unplug(m->disks);
+        vmm_fsdevs_unplug(m->fsdevs);
+    }
     m->disks = NULL;
-    vmm_rngs_unplug(m->rngs);
-    m->rngs = NULL;
-    vmm_fsdevs_unplug(m->fsdevs);
     m->fsdevs = NULL;
+    vmm_rngs_unplug(m->rngs);   /* keeps the sources; plugging makes new devices */
+    m->rngs = NULL;
     if (m->vm_ready)
         vmm_vm_cleanup(&m->vm);
     m->vm_ready = FALSE;

@@ -68,5 +68,8 @@ void vmm_machine_stop(VmmMachine *m);
 /* Stops and frees everything; closes the loop handle, so LOOP must still be
  * alive and run once more (the machine's memory goes in the close callback). */
 void vmm_machine_free(VmmMachine *m);
+/* The same, for a system reset: the virtio devices are reset and taken out
+ * of the VM but kept, with their backends, for the next vmm_machine_start. */
+void vmm_machine_free_for_reset(VmmMachine *m);
 
 const char *vmm_machine_end_name(VmmMachineEnd end);

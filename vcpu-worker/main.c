@@ -122,8 +122,9 @@ static void vm_start(VmmHelper *h, VmmChannelRequest *req)
 /* vm-reset: a new KVM VM and a new machine from the kept vm-start (the same
  * RAM, kernel and initrd fds): KVM cannot put an irqchip, a PIT and vCPUs
  * back to their power-on state, a fresh VM has it. A paused guest stays
- * paused. The virtio devices would lose their backends on unplug, so a
- * machine with any is refused for now. */
+ * paused. The virtio devices are reset as their drivers would do it and
+ * plugged into the new VM with their backends (blockd and fsd connections,
+ * entropy sources) kept. */
 static void vm_reset(VmmHelper *h, VmmChannelRequest *req)
 {
     g_autoptr(GError) err = NULL;
@@ -131,13 +132,8 @@ static void vm_reset(VmmHelper *h, VmmChannelRequest *req)
         vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-reset: no guest was started");
         return;
     }
-    if (vmm_disks_count(disks) + vmm_rngs_count(rngs) + vmm_fsdevs_count(fsdevs) > 0) {
-        vmm_channel_reply_error(req, VMM_ERR_GENERIC, "vm-reset: a system reset with virtio "
-                                "devices is not supported yet");
-        return;
-    }
     boot_spec.start_paused = vmm_machine_paused(machine);
-    vmm_machine_free(machine);
+    vmm_machine_free_for_reset(machine);
     machine = NULL;
     if (vmm_kvm_new_vm(&kvm, &err))
         machine = vmm_machine_start(&kvm, vmm_helper_loop(h), &boot_spec, on_guest_end, h, &err);

@@ -131,6 +131,24 @@ VmmVirtioSlot *vmm_virtio_slot_plug(VmmVm *vm, const VmmVirtioSlotConfig *config
     return s;
 }
 
+bool vmm_virtio_slot_reset_unplug(VmmVirtioSlot *s, unsigned (*busy)(void *opaque), void *opaque,
+                                  unsigned timeout_ms)
+{
+    if (!s)
+        return true;
+    VmmVirtioMmio *t = s->cfg.transport;
+    vmm_virtio_mmio_write32(t, VIRTIO_MMIO_STATUS, 0);
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    bool idle;
+    while (!(idle = busy(opaque) == 0) && g_get_monotonic_time() < deadline)
+        g_usleep(2000);
+    vmm_virtio_slot_unplug(s);
+    /* Late completions find no slot to interrupt through. */
+    VmmVirtioMmioHost none = { 0 };
+    vmm_virtio_mmio_set_host(t, &none);
+    return idle;
+}
+
 void vmm_virtio_slot_unplug(VmmVirtioSlot *s)
 {
     if (!s)

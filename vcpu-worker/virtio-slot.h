@@ -35,3 +35,10 @@ VmmVirtioMmioSlot vmm_virtio_slot_window(guint n);
 VmmVirtioSlot *vmm_virtio_slot_plug(VmmVm *vm, const VmmVirtioSlotConfig *config, GError **error);
 /* Stops the I/O thread, takes the window off the bus; NULL is fine. */
 void vmm_virtio_slot_unplug(VmmVirtioSlot *s);
+/* For a machine reset that keeps the device: resets it as its driver would
+ * (status 0: requests in flight are forgotten), waits up to TIMEOUT_MS for
+ * BUSY(OPAQUE) to say nothing is in flight any more (completions may still
+ * write into the old guest RAM until then), then unplugs the slot and leaves
+ * the transport without a host. FALSE if the device stayed busy. */
+bool vmm_virtio_slot_reset_unplug(VmmVirtioSlot *s, unsigned (*busy)(void *opaque), void *opaque,
+                                  unsigned timeout_ms);

@@ -12,6 +12,9 @@
 #            guest again (a second marker); query-cpus-fast with -smp 2
 #   reboot   a guest that asks for a reset (i8042) boots again; with
 #            -no-reboot vmmd exits 0 instead
+#   reboot-devices  the same guest with a virtio disk (served by blockd), a
+#            virtio-rng and a virtio-9p share: each reset keeps them (the
+#            helpers stay the same processes) and the guest boots again
 #   noshutdown  -no-shutdown: the guest's poweroff leaves vmmd in "shutdown";
 #            cont is refused, system_reset boots the guest again
 # Exits 77 (skip) when this host's /dev/kvm cannot create a VM.
@@ -43,7 +46,7 @@ skip() { echo "SKIP: $*"; exit 77; }
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || skip "/dev/kvm is not usable by $(id -un)"
 
 Q() { "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 10 "$@"; }
-markers() { grep -c 'VMM-TINY-OK' "$1" 2>/dev/null || true; }
+markers() { [ -f "$1" ] && awk '/VMM-TINY-OK/ { n++ } END { print n + 0 }' "$1" || echo 0; }
 wait_for() { # CONDITION-COMMAND... within 20 s
   for _ in $(seq 200); do "$@" && return 0; sleep 0.1; done
   return 1
@@ -145,6 +148,22 @@ reboot)
   [ "$RC" -eq 0 ] || fail "-no-reboot: vmmd exited $RC"
   [ "$(markers "$T/console2")" -eq 1 ] || fail "-no-reboot: the guest booted again"
   grep -q "shutting down (guest-reset)" "$T/stderr" || fail "-no-reboot: not ended by the guest's reset"
+  ;;
+reboot-devices)
+  qemu-img create -q -f qcow2 "$T/disk.qcow2" 16M
+  mkdir "$T/share"
+  start --reboot -- -serial "file:$T/console" -drive "file=$T/disk.qcow2,if=virtio" \
+    -object rng-random,id=r0,filename=/dev/urandom -device virtio-rng-device,rng=r0 \
+    -virtfs "local,path=$T/share,mount_tag=share,security_model=mapped-xattr"
+  wait_for at_least "$T/console" 3 || fail "the guest did not boot again after its resets"
+  running || fail "vmmd ended on a guest reset with virtio devices"
+  grep -q "cannot reset" "$T/stderr" && fail "a reset failed"
+  [ "$(grep -c "helper blockd (pid" "$T/stderr")" -eq 1 ] || fail "blockd was started again"
+  kill -TERM "$PID"
+  wait_end
+  [ "$RC" -eq 0 ] || fail "vmmd exited $RC after SIGTERM"
+  qemu-img check -q "$T/disk.qcow2" || fail "the image is not clean"
+  [ -n "${VMM_TEST_VERBOSE:-}" ] && cat "$T/stderr"
   ;;
 noshutdown)
   start -- -no-shutdown -serial "file:$T/console"

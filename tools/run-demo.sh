@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the main job. Until a guest boots,
-# the main job shows what exists: vmmd starts its sandboxed helpers, shows their
-# handshake and sandbox state over QMP, and shuts down.
+# Installs what is missing, builds, and runs the main job: vmmd boots the demo
+# guest (Debian's kernel, busybox, a qcow2 disk served by blockd) to a shell on
+# this terminal, or, where this host's /dev/kvm cannot boot Linux, inside the
+# guest test rig (tools/demo-guest.sh). tools/demo.sh shows the helpers and
+# their sandboxes over QMP.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bash "$top/tools/setup.sh"
 bash "$top/tools/build.sh"
-exec bash "$top/tools/demo.sh" "$top/build/bin"
+exec bash "$top/tools/demo-guest.sh" "$top/build/bin"

@@ -1,7 +1,7 @@
 # RigTest.cmake: vmm_add_rig_test(), for tests that need a real KVM.
 #
 #   include(${CMAKE_SOURCE_DIR}/tests/rig/RigTest.cmake)
-#   vmm_add_rig_test(NAME SCRIPT [ARGS...] [TIMEOUT seconds] [CWD dir] [ENV K=V...])
+#   vmm_add_rig_test(NAME SCRIPT [ARGS...] [GUEST] [TIMEOUT seconds] [CWD dir] [ENV K=V...])
 #
 # Adds ctest test NAME (label "rig") that runs SCRIPT ARGS... as a job of the
 # "rig" fixture (tests/rig/CMakeLists.txt): inside the L1 guest, chrooted into
@@ -10,8 +10,10 @@
 # directory: kit.env names the kernel and initramfs files), VMM_SOURCE_DIR,
 # VMM_BUILD_DIR, VMM_BIN_DIR and the ENV values. CWD defaults to the current
 # binary directory, TIMEOUT to 600 s. Exit status 77 means skipped (no QEMU or
-# kernel on this host). The keywords TIMEOUT, CWD and ENV cannot be used as
-# script arguments.
+# kernel on this host). GUEST marks a test that boots L2 guests: such tests run
+# one at a time (RESOURCE_LOCK rig-guest) and once more after a failure that
+# followed a guest triple fault (retry-triple-fault.sh, docs/rig.md). The
+# keywords GUEST, TIMEOUT, CWD and ENV cannot be used as script arguments.
 include_guard(GLOBAL)
 
 set(VMM_RIG_DIR "${CMAKE_CURRENT_LIST_DIR}" CACHE INTERNAL "tests/rig source directory")
@@ -44,15 +46,24 @@ function(vmm_rig_test_properties name timeout)
 endfunction()
 
 function(vmm_add_rig_test name script)
-  cmake_parse_arguments(PARSE_ARGV 2 RT "" "TIMEOUT;CWD" "ENV")
+  cmake_parse_arguments(PARSE_ARGV 2 RT "GUEST" "TIMEOUT;CWD" "ENV")
   if(NOT RT_TIMEOUT)
     set(RT_TIMEOUT 600)
   endif()
   if(NOT RT_CWD)
     set(RT_CWD "${CMAKE_CURRENT_BINARY_DIR}")
   endif()
+  set(run "${script}")
+  if(RT_GUEST)
+    set(run "${VMM_RIG_DIR}/retry-triple-fault.sh" "${script}")
+  endif()
   vmm_rig_job_command(cmd "${name}" "${RT_TIMEOUT}" "${RT_CWD}" "${RT_ENV}"
-                      "${script}" ${RT_UNPARSED_ARGUMENTS})
+                      ${run} ${RT_UNPARSED_ARGUMENTS})
   add_test(NAME ${name} COMMAND ${cmd})
   vmm_rig_test_properties(${name} ${RT_TIMEOUT})
+  if(RT_GUEST)
+    # Two L2 guests at once in the one L1 have crashed L1's kernel (in KVM_RUN,
+    # nested SVM under TCG) and make L2 triple faults likelier: one at a time.
+    set_tests_properties(${name} PROPERTIES RESOURCE_LOCK rig-guest)
+  endif()
 endfunction()

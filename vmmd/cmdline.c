@@ -196,7 +196,35 @@ static gboolean set_helpers(VmmConfig *c, const char *value, GError **error)
     }
     g_strfreev(c->helpers);
     c->helpers = g_steal_pointer(&list);
+    c->helpers_given = TRUE;
     return TRUE;
+}
+
+static gboolean needs_own_fsd(const VmmVmConfig *vm)
+{
+    for (guint i = 0; i < vm->fsdevs.fsdevs->len; i++) {
+        if (!vmm_fsdev_is_external(vm->fsdevs.fsdevs->pdata[i]))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* A VM starts the helpers its devices need and no others (each one costs a
+ * process start and a sandbox before the guest can run); without -kernel
+ * vmmd runs all of them, as the foundation did. -helpers decides otherwise. */
+static void choose_vm_helpers(VmmConfig *c)
+{
+    if (c->helpers_given || !c->vm->kernel)
+        return;
+    GPtrArray *list = g_ptr_array_new();
+    g_ptr_array_add(list, g_strdup("vcpu-worker"));
+    if (c->vm->drives.drives->len > 0)
+        g_ptr_array_add(list, g_strdup("blockd"));
+    if (needs_own_fsd(c->vm))
+        g_ptr_array_add(list, g_strdup("fsd"));
+    g_ptr_array_add(list, NULL);
+    g_strfreev(c->helpers);
+    c->helpers = (char **)g_ptr_array_free(list, FALSE);
 }
 
 /* -readconfig groups map onto the option of the same name. */
@@ -278,7 +306,8 @@ static void print_help(void)
            "        (the VM options are checked but not acted on yet: docs/machine.md)\n"
            "-version, -h\n\n"
            "vmmd options:\n"
-           "-helpers LIST      helpers to run (default vcpu-worker,blockd,fsd,netfilterd)\n"
+           "-helpers LIST      helpers to run (default vcpu-worker,blockd,fsd,netfilterd; with\n"
+           "                   -kernel only those the VM's devices need)\n"
            "-helper-dir DIR    where the helper binaries are (default: beside vmmd)\n"
            "-dump-seccomp      print the seccomp allowlists of vmmd and its spawner for\n"
            "                   the -sandbox given, and exit (each helper: HELPER --dump-seccomp)\n"
@@ -408,5 +437,10 @@ gboolean vmm_config_parse_argv(VmmConfig *c, int argc, char **argv, gboolean *ex
             return FALSE;
     }
     /* Checks across options (SMP against the machine type, backend ids). */
-    return *exit_now || vmm_vm_config_finish(c->vm, error);
+    if (*exit_now)
+        return TRUE;
+    if (!vmm_vm_config_finish(c->vm, error))
+        return FALSE;
+    choose_vm_helpers(c);
+    return TRUE;
 }

@@ -26,6 +26,7 @@ typedef struct {
     gboolean dump_seccomp;   /* -dump-seccomp: print vmmd's and the spawner's allowlists */
     char *helper_dir;        /* where the helper binaries are */
     char **helpers;          /* which helpers to run */
+    gboolean helpers_given;  /* -helpers was on the command line */
     guint max_restarts;      /* -supervise max-restarts=N */
     guint backoff_ms;        /* -supervise backoff-ms=N, doubled per restart */
     struct VmmVmConfig *vm;  /* -machine, -m, -smp, ... (vmmd/vm-options.h) */

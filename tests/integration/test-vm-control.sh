@@ -133,6 +133,9 @@ control)
   wait_for at_least "$T/console" 2 || fail "the guest did not boot again after system_reset"
   Q --wait-event POWERDOWN system_powerdown >/dev/null || fail "system_powerdown: no POWERDOWN"
   Q query-machines | grep -q '"name":"microvm-1.0"' || fail "query-machines: $(Q query-machines)"
+  # A VM without disks, shares or netdevs runs vcpu-worker alone.
+  roles=$(Q query-helpers | grep -o '"helper":"[a-z-]*"' | tr '\n' ' ')
+  [ "$roles" = '"helper":"vcpu-worker" ' ] || fail "helpers of a VM without devices: $roles"
   Q quit >/dev/null || true
   wait_end
   [ "$RC" -eq 0 ] || fail "vmmd exited $RC after quit"

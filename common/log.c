@@ -257,6 +257,15 @@ static void append_lines(GString *out, const char *prefix, const char *message)
     } while (line && *line);
 }
 
+/* VMM_LOG_TIME=1: every line starts with the monotonic clock in seconds. */
+static gboolean log_with_time(void)
+{
+    static int with_time = -1;
+    if (with_time < 0)
+        with_time = g_strcmp0(g_getenv("VMM_LOG_TIME"), "1") == 0;
+    return with_time;
+}
+
 static void log_message(VmmLogLevel level, const char *message)
 {
     g_autoptr(GString) out = g_string_sized_new(128);
@@ -269,6 +278,11 @@ static void log_message(VmmLogLevel level, const char *message)
         component = "vmm";
     if (log_to_journal())
         prefix = g_strdup_printf("<%d>%s: ", (int)level, component);
+    else if (log_with_time())
+        /* CLOCK_MONOTONIC in ms: the same clock in every process, to see where
+         * a VM's start goes across vmmd and its helpers. */
+        prefix = g_strdup_printf("%.3f %s[%d]: %s: ", g_get_monotonic_time() / 1000000.0, component,
+                                 (int)getpid(), level_label(level));
     else
         prefix = g_strdup_printf("%s[%d]: %s: ", component, (int)getpid(), level_label(level));
     g_mutex_unlock(&log_lock);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -272,38 +273,39 @@ static gboolean add_devices(VmmMachine *m, GError **error)
 
 /* ---- Images ------------------------------------------------------------------ */
 
-/* The whole of FD from offset 0 (pread: the fd's offset is vmmd's too). */
-static guint8 *read_image(int fd, const char *what, gsize *size_out, GError **error)
+/* The whole of FD, mapped read-only: the loader copies the parts it needs
+ * straight from the page cache into guest RAM (a 66 MiB vmlinux is not read
+ * into a buffer first). mmap leaves the fd's offset, shared with vmmd, alone.
+ * A file that shrinks while mapped would fault: vmmd opened it read-only and
+ * the guest does not start without it, so that is vmmd's user's doing. */
+typedef struct {
+    guint8 *data;
+    gsize size;
+} Image;
+
+static gboolean map_image(int fd, const char *what, Image *img, GError **error)
 {
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        vmm_set_errno(error, errno, "vm-start: %s: fstat", what);
-        return NULL;
-    }
+    if (fstat(fd, &st) < 0)
+        return vmm_set_errno(error, errno, "vm-start: %s: fstat", what);
     if (!S_ISREG(st.st_mode) || st.st_size <= 0 || (guint64)st.st_size > MAX_IMAGE_SIZE) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
                     "vm-start: %s: not a regular file of 1 byte to 1 GiB", what);
-        return NULL;
+        return FALSE;
     }
-    gsize size = (gsize)st.st_size, done = 0;
-    guint8 *buf = g_malloc(size);
-    while (done < size) {
-        ssize_t n = pread(fd, buf + done, size - done, (off_t)done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            if (n == 0)
-                g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
-                            "vm-start: %s: file shrank to %zu bytes while being read", what, done);
-            else
-                vmm_set_errno(error, errno, "vm-start: %s: read", what);
-            g_free(buf);
-            return NULL;
-        }
-        done += (gsize)n;
-    }
-    *size_out = size;
-    return buf;
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED)
+        return vmm_set_errno(error, errno, "vm-start: %s: mmap", what);
+    img->data = p;
+    img->size = (gsize)st.st_size;
+    return TRUE;
+}
+
+static void unmap_image(Image *img)
+{
+    if (img->data)
+        munmap(img->data, img->size);
+    img->data = NULL;
 }
 
 static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInfo *boot,
@@ -321,21 +323,29 @@ static gboolean load_guest(VmmMachine *m, const VmmMachineSpec *spec, VmmBootInf
         .n_virtio = n_disks + n_rngs + n_9p,
     };
     VmmAcpiTables tables;
-    g_autofree guint8 *kernel = NULL, *initrd = NULL;
+    Image kernel = { 0 }, initrd = { 0 };
     VmmBootImages img = { .cmdline = spec->cmdline };
 
+    vmm_debug("vm-start: guest RAM mapped");
     if (!vmm_guest_config_check(&cfg, error) ||
-        !vmm_acpi_build(&cfg, m->vm.ram, m->vm.ram_size, &tables, error))
+        !vmm_acpi_build(&cfg, m->vm.ram, m->vm.ram_size, &tables, error) ||
+        !map_image(spec->kernel_fd, "kernel", &kernel, error))
         return FALSE;
-    kernel = read_image(spec->kernel_fd, "kernel", &img.kernel_size, error);
-    if (!kernel)
+    if (spec->initrd_fd >= 0 && !map_image(spec->initrd_fd, "initrd", &initrd, error)) {
+        unmap_image(&kernel);
         return FALSE;
-    if (spec->initrd_fd >= 0 && !(initrd = read_image(spec->initrd_fd, "initrd", &img.initrd_size, error)))
-        return FALSE;
-    img.kernel = kernel;
-    img.initrd = initrd;
+    }
+    img.kernel = kernel.data;
+    img.kernel_size = kernel.size;
+    img.initrd = initrd.data;
+    img.initrd_size = initrd.size;
     img.rsdp_addr = tables.rsdp;
-    return vmm_boot_load(&cfg, &img, m->vm.ram, m->vm.ram_size, boot, error);
+    vmm_debug("vm-start: ACPI tables written, kernel and initrd mapped");
+    gboolean ok = vmm_boot_load(&cfg, &img, m->vm.ram, m->vm.ram_size, boot, error);
+    vmm_debug("vm-start: kernel and initrd loaded");
+    unmap_image(&kernel);
+    unmap_image(&initrd);
+    return ok;
 }
 
 /* ---- The vCPU thread -------------------------------------------------------- */
@@ -490,6 +500,7 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
     if (!vmm_vm_init(&m->vm, kvm, &opts, error))
         goto fail;
     m->vm_ready = TRUE;
+    vmm_debug("vm-start: KVM VM set up");
     if (!vmm_vm_map_ram(&m->vm, spec->ram_fd, spec->ram_size, &spec->ram_mapping, error) ||
         !load_guest(m, spec, &boot, error) || !add_devices(m, error) || !add_ged(m, error))
         goto fail;
@@ -511,8 +522,10 @@ VmmMachine *vmm_machine_start(VmmKvm *kvm, uv_loop_t *loop, const VmmMachineSpec
     m->fsdevs = spec->fsdevs;
     if (!vmm_fsdevs_plug(m->fsdevs, &m->vm, vmm_disks_count(m->disks) + vmm_rngs_count(m->rngs), error))
         goto fail;
+    vmm_debug("vm-start: devices plugged");
     if (!create_vcpus(m, &boot, error))
         goto fail;
+    vmm_debug("vm-start: vCPUs created");
     m->paused = spec->start_paused;
     start_vcpu_threads(m);
     vmm_info("vm-start: %s kernel, entry 0x%" G_GINT64_MODIFIER "x, %" G_GUINT64_FORMAT " MiB RAM, "

@@ -64,6 +64,7 @@ static void on_vm_started(VmmChannel *ch, JsonObject *result, const GError *erro
 
 void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
 {
+    vmm_debug("vm-start: vcpu-worker is ready");
     const VmmVmConfig *vm = d->config->vm;
     g_autoptr(GError) err = NULL;
     int fds[3] = { -1, -1, -1 };
@@ -115,6 +116,7 @@ void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
     json_object_set_boolean_member(args, "irqchip", vm->machine.kernel_irqchip != VMM_IRQCHIP_OFF);
     if (vm->start_paused)
         json_object_set_boolean_member(args, "paused", TRUE);
+    vmm_debug("vm-start: sending to vcpu-worker");
     if (!vmm_channel_call(vmm_helper_proc_channel(hp), VMM_CMD_VM_START, args, fds, nfds,
                           on_vm_started, d, &err))
         fail_guest_start(d, err->message);

@@ -25,6 +25,13 @@ const VmmSandboxPolicy *vmm_helper_policy(VmmHelper *h) { return &h->policy; }
 void vmm_helper_set_data(VmmHelper *h, gpointer data) { h->data = data; }
 gpointer vmm_helper_get_data(VmmHelper *h) { return h->data; }
 
+static gint helper_stopping;
+
+gboolean vmm_helper_stopping(void)
+{
+    return g_atomic_int_get(&helper_stopping) != 0;
+}
+
 /* Profiles without fs-read cannot open /proc/self/status once sandboxed, so
  * the file is opened before and re-read from the start each time. */
 static JsonObject *read_sandbox_state(VmmHelper *h)
@@ -79,6 +86,7 @@ static void on_request(VmmChannel *ch, VmmChannelRequest *req, gpointer user)
         reply_query_sandbox(h, req);
     } else if (g_str_equal(cmd, VMM_CMD_SHUTDOWN)) {
         vmm_channel_reply(req, NULL, NULL, 0);
+        g_atomic_int_set(&helper_stopping, 1);
         vmm_info("shutdown requested");
         uv_stop(&h->loop);
     } else if (!h->desc->handle_request || !h->desc->handle_request(h, req)) {

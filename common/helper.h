@@ -34,3 +34,7 @@ VmmChannel *vmm_helper_channel(VmmHelper *h);
 const VmmSandboxPolicy *vmm_helper_policy(VmmHelper *h);
 void vmm_helper_set_data(VmmHelper *h, gpointer data);
 gpointer vmm_helper_get_data(VmmHelper *h);
+/* TRUE once the supervisor asked this process to shut down: the other
+ * helpers are going too, so a lost connection to one of them is expected
+ * (any thread). */
+gboolean vmm_helper_stopping(void);

@@ -16,6 +16,7 @@
 #include "vcpu-worker/blk-nbd.h"
 #include "common/bytes.h"
 #include "common/error.h"
+#include "common/helper.h"
 #include "common/log.h"
 #include "proto/nbd.h"
 
@@ -583,8 +584,9 @@ static gpointer reader_thread(gpointer data)
     gboolean closing = c->closing;
     g_mutex_unlock(&c->send_lock);
     if (current && !closing) {
-        vmm_warn("drive '%s': connection to blockd lost (%s); %u request(s) wait for it to come back",
-                 c->name, why, vmm_blk_nbd_in_flight(c));
+        vmm_log(vmm_helper_stopping() ? VMM_LOG_INFO : VMM_LOG_WARNING,
+                "drive '%s': connection to blockd lost (%s); %u request(s) wait for it to come back",
+                c->name, why, vmm_blk_nbd_in_flight(c));
         if (c->lost)
             c->lost(c, why, c->lost_opaque);
     }

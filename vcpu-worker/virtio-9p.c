@@ -15,6 +15,7 @@
  * until then. */
 #include "vcpu-worker/virtio-9p.h"
 #include "common/error.h"
+#include "common/helper.h"
 #include "common/log.h"
 #include "proto/9p.h"
 
@@ -170,7 +171,8 @@ static void connection_lost(VmmVirtio9p *p, guint gen, const char *reason)
         shutdown(fd, SHUT_RDWR);
 
     if (lost || failed)
-        vmm_warn("virtio-9p '%s': the connection to the 9P server ended (%s); %u request(s) failed with EIO",
+        vmm_log(vmm_helper_stopping() ? VMM_LOG_INFO : VMM_LOG_WARNING,
+                "virtio-9p '%s': the connection to the 9P server ended (%s); %u request(s) failed with EIO",
                  p->id, reason, failed);
     if (notify)
         vmm_virtio_mmio_interrupt_vring(p->transport);

@@ -262,6 +262,20 @@ static void unplug_one(Disk *k)
     k->blk = NULL;
 }
 
+void vmm_disks_resume(VmmDisks *d)
+{
+    for (guint i = 0; d && i < d->disks->len; i++) {
+        Disk *k = d->disks->pdata[i];
+        if (!k->blk)
+            continue;
+        unsigned n = vmm_virtio_blk_stopped(k->blk);
+        if (n == 0)
+            continue;
+        vmm_info("drive '%s': retrying %u request(s) a stop action kept", k->id, n);
+        vmm_virtio_blk_resume(k->blk);
+    }
+}
+
 static unsigned blk_busy(void *opaque)
 {
     return vmm_virtio_blk_in_flight(opaque);

@@ -41,6 +41,11 @@ gboolean vmm_disks_plug(VmmDisks *d, VmmVm *vm, GError **error);
 /* Before VM's RAM goes: stops the I/O threads, ends every NBD connection
  * (requests still waiting fail) and frees the devices. */
 void vmm_disks_unplug(VmmDisks *d);
+/* The VM runs again (vm-cont): every request a stop action (werror/rerror
+ * stop, or enospc on ENOSPC) kept is sent to blockd again, as QEMU's
+ * virtio-blk retries them when the VM resumes. One that fails again stops
+ * the VM again. */
+void vmm_disks_resume(VmmDisks *d);
 /* For a machine reset: resets every drive's device, waits for its requests
  * at blockd, and takes it out of the VM, keeping the device and its NBD
  * connection for the next vmm_disks_plug. */

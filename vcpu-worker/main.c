@@ -252,8 +252,11 @@ static void vm_control(VmmChannelRequest *req, const char *cmd)
     }
     if (g_str_equal(cmd, VMM_CMD_VM_STOP))
         vmm_machine_pause(machine);
-    else if (g_str_equal(cmd, VMM_CMD_VM_CONT))
+    else if (g_str_equal(cmd, VMM_CMD_VM_CONT)) {
+        /* QEMU retries the requests a werror/rerror stop kept whenever the VM runs again. */
+        vmm_disks_resume(disks);
         vmm_machine_resume(machine);
+    }
     else
         vmm_machine_powerdown(machine);
     vmm_channel_reply(req, NULL, NULL, 0);

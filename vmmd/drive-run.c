@@ -38,6 +38,7 @@ struct DriveRuntime {
     guint blockd_gen;
     VmmHelperProc *pending_vm_start;
     gboolean failed;
+    gboolean stopping;       /* an I/O error's vm-stop is on its way: one STOP, as in QEMU */
 };
 
 static void drive_rt_free(gpointer p)
@@ -333,7 +334,48 @@ static DriveRt *find_rt(DriveRuntime *rt, const char *id)
     return NULL;
 }
 
-/* vcpu-worker: {"id","operation":"read"|"write","action","errno":N,"reason"} */
+/* QEMU's blk_iostatus_is_enabled(): a device that may stop on errors keeps an
+ * I/O status; only then do query-block's "io-status" and BLOCK_IO_ERROR's
+ * "nospace" appear. */
+static gboolean io_status_enabled(const DriveRt *r)
+{
+    return r->dev->werror == VMM_DRIVE_ERROR_ENOSPC || r->dev->werror == VMM_DRIVE_ERROR_STOP ||
+           r->dev->rerror == VMM_DRIVE_ERROR_STOP;
+}
+
+static void set_io_status(DriveRt *r, const char *status)
+{
+    g_free(r->io_status);
+    r->io_status = g_strdup(status);
+}
+
+static void on_io_error_stopped(Vmmd *d, const GError *error, gpointer user)
+{
+    DriveRuntime *rt = user;
+    rt->stopping = FALSE;
+    if (error)
+        vmm_warn("cannot stop the VM after an I/O error: %s", error->message);
+}
+
+/* QEMU's blk_error_action() for "stop": the I/O status first (kept from the
+ * first error until cont), then BLOCK_IO_ERROR, then the VM stops in
+ * "io-error" with STOP. Errors while the VM is stopped (or stopping) stop
+ * nothing more: vmm_vm_stop() leaves a stopped VM as it is. */
+static void stop_for_io_error(DriveRt *r, gboolean nospace, JsonObject *ev)
+{
+    DriveRuntime *rt = r->rt;
+    if (g_str_equal(r->io_status, "ok"))
+        set_io_status(r, nospace ? "nospace" : "failed");
+    vmm_qmp_emit(rt->d, "BLOCK_IO_ERROR", ev);
+    if (rt->stopping)
+        return;
+    rt->stopping = TRUE;
+    vmm_notice("drive '%s': I/O error with action stop: the VM stops until cont", r->drive->id);
+    vmm_vm_stop(rt->d, "io-error", on_io_error_stopped, rt);
+}
+
+/* vcpu-worker: {"id","operation":"read"|"write","action","errno":N,"reason"};
+ * ACTION is the one taken (enospc already resolved to stop or report). */
 gboolean vmm_drives_handle_event(Vmmd *d, const char *name, JsonObject *data)
 {
     if (!g_str_equal(name, VMM_EVENT_DRIVE_IO_ERROR))
@@ -343,20 +385,27 @@ gboolean vmm_drives_handle_event(Vmmd *d, const char *name, JsonObject *data)
         return TRUE;
     const char *action = json_object_get_string_member_with_default(data, "action", "report");
     gboolean nospace = json_object_get_int_member_with_default(data, "errno", 0) == ENOSPC;
-    if (g_str_equal(action, "stop")) {
-        g_free(r->io_status);
-        r->io_status = g_strdup(nospace ? "nospace" : "failed");
-    }
     JsonObject *ev = json_object_new();
     json_object_set_string_member(ev, "device", r->drive->from_blockdev ? "" : r->drive->id);
     json_object_set_string_member(ev, "node-name", r->drive->id);
     json_object_set_string_member(ev, "operation",
                                   json_object_get_string_member_with_default(data, "operation", "write"));
     json_object_set_string_member(ev, "action", action);
-    json_object_set_boolean_member(ev, "nospace", nospace);
+    if (io_status_enabled(r))
+        json_object_set_boolean_member(ev, "nospace", nospace);
     json_object_set_string_member(ev, "reason", json_object_get_string_member_with_default(data, "reason", ""));
-    vmm_qmp_emit(d, "BLOCK_IO_ERROR", ev);
+    if (g_str_equal(action, "stop"))
+        stop_for_io_error(r, nospace, ev);
+    else
+        vmm_qmp_emit(d, "BLOCK_IO_ERROR", ev);
     return TRUE;
+}
+
+void vmm_drives_cont(Vmmd *d)
+{
+    DriveRuntime *rt = runtime(d);
+    for (guint i = 0; i < rt->drives->len; i++)
+        set_io_status(rt->drives->pdata[i], "ok");
 }
 
 static JsonObject *cache_object(const VmmDrive *drv)
@@ -422,7 +471,8 @@ JsonArray *vmm_drives_query_block(Vmmd *d)
         if (r) {
             g_autofree char *qdev = qdev_path(r->dev, &anon);
             json_object_set_string_member(o, "qdev", qdev);
-            json_object_set_string_member(o, "io-status", r->io_status);
+            if (io_status_enabled(r))
+                json_object_set_string_member(o, "io-status", r->io_status);
         }
         json_object_set_boolean_member(o, "locked", FALSE);
         json_object_set_boolean_member(o, "removable", r == NULL);

@@ -17,8 +17,12 @@ gboolean vmm_drives_ready(Vmmd *d);
 /* vm.c: the guest waits for the drives; vmm_vm_start() is called again once
  * they are ready. */
 void vmm_drives_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu);
-/* vcpu-worker's drive events (BLOCK_IO_ERROR); FALSE if NAME is not one. */
+/* vcpu-worker's drive events: BLOCK_IO_ERROR, and for action "stop" the VM
+ * stops in run state "io-error" (STOP); FALSE if NAME is not one. */
 gboolean vmm_drives_handle_event(Vmmd *d, const char *name, JsonObject *data);
+/* QMP cont: every drive's I/O status is "ok" again (QEMU resets it in cont;
+ * vcpu-worker retries the kept requests on vm-cont). */
+void vmm_drives_cont(Vmmd *d);
 /* QMP query-block's list, QEMU's shape. */
 JsonArray *vmm_drives_query_block(Vmmd *d);
 void vmm_drives_free(Vmmd *d);

@@ -299,6 +299,8 @@ void vmm_vm_cont(Vmmd *d, VmmVmDoneFn done, gpointer user)
             done(d, err, user);
         return;
     }
+    /* As QEMU's cont: the drives' I/O status is reset; vm-cont retries the requests an io-error stop kept. */
+    vmm_drives_cont(d);
     if (g_str_equal(d->status, "running")) {
         if (done)
             done(d, NULL, user);

@@ -43,6 +43,7 @@
 #define MAX_STATUS_EXTENTS 65536       /* block status descriptors per context */
 #define CACHE_CHUNK (1024 * 1024)
 #define DEFAULT_WORKERS 16
+#define SOCKET_BUFFER_BYTES (4 * 1024 * 1024)
 #define DEFAULT_HANDSHAKE_TIMEOUT 10
 #define CONTEXT_ID_BASE 1
 #define CONTEXT_ID_DEPTH 2
@@ -104,15 +105,21 @@ struct NbdConn {
     gsize rpos, rlen;
 
     /* requests in flight, and the workers that run them (started on
-     * demand up to conn->workers, joined when the connection ends) */
+     * demand up to conn->workers, joined when the connection ends). One
+     * thread at a time reads requests (the connection's own thread first);
+     * one that takes a request to run itself hands reading over to the next
+     * free thread (leader/follower): a request alone on the connection
+     * then runs on the thread that read it, with no switch in between. */
     GMutex lock;
     GCond cond;      /* a request finished */
-    GCond work_cond; /* a request was queued, or stopping */
+    GCond work_cond; /* a request was queued, reading is to take over, stopping, read_done */
     guint inflight;
     guint64 inflight_bytes;
     GQueue queue;    /* NbdRequest* not yet picked up */
     GPtrArray *threads;
-    guint idle_workers;
+    guint idle_workers; /* threads waiting on work_cond, the connection's own included */
+    gboolean reader_wanted; /* the reader handed reading over: the next free thread takes it */
+    gboolean read_done;     /* the stream ended: nobody reads any more */
     gboolean stopping;
 
     /* writers */
@@ -1376,26 +1383,86 @@ static void request_run(NbdConn *conn, NbdRequest *req)
     request_free(req);
 }
 
-static gpointer conn_worker(gpointer data)
+static NbdRequest *conn_read_requests(NbdConn *conn);
+
+/* A turn as the reader, then the request it kept for itself, if any. */
+static void conn_take_reading(NbdConn *conn)
 {
-    NbdConn *conn = data;
+    NbdRequest *req = conn_read_requests(conn);
+    if (req)
+        request_run(conn, req);
+}
+
+/* Runs queued requests and takes over reading when asked, until stopping,
+ * or (UNTIL_READ_DONE: the connection's own thread) until the stream ended
+ * and nothing is queued. */
+static void conn_serve(NbdConn *conn, gboolean until_read_done)
+{
     g_mutex_lock(&conn->lock);
     for (;;) {
-        NbdRequest *req = g_queue_pop_head(&conn->queue);
-        if (!req) {
-            if (conn->stopping)
-                break;
-            conn->idle_workers++;
-            g_cond_wait(&conn->work_cond, &conn->lock);
-            conn->idle_workers--;
+        if (conn->reader_wanted) {
+            conn->reader_wanted = FALSE;
+            g_mutex_unlock(&conn->lock);
+            conn_take_reading(conn);
+            g_mutex_lock(&conn->lock);
             continue;
         }
-        g_mutex_unlock(&conn->lock);
-        request_run(conn, req);
-        g_mutex_lock(&conn->lock);
+        NbdRequest *req = g_queue_pop_head(&conn->queue);
+        if (req) {
+            g_mutex_unlock(&conn->lock);
+            request_run(conn, req);
+            g_mutex_lock(&conn->lock);
+            continue;
+        }
+        if (conn->stopping || (until_read_done && conn->read_done))
+            break;
+        conn->idle_workers++;
+        g_cond_wait(&conn->work_cond, &conn->lock);
+        conn->idle_workers--;
     }
     g_mutex_unlock(&conn->lock);
+}
+
+static gpointer conn_worker(gpointer data)
+{
+    conn_serve(data, FALSE);
     return NULL;
+}
+
+/* Whether the reader may run the request it just read itself: it is the
+ * only one in flight and no other waits behind it (in the read buffer or
+ * the socket), as with a guest's synchronous I/O. Requests that come in
+ * bunches are queued for the workers as they are read. Not with TLS, whose
+ * session may hold records. */
+static gboolean conn_request_alone(NbdConn *conn)
+{
+    if (conn->tls || conn->rpos < conn->rlen)
+        return FALSE;
+    g_mutex_lock(&conn->lock);
+    gboolean alone = conn->inflight == 1;
+    g_mutex_unlock(&conn->lock);
+    struct pollfd pfd = { .fd = conn->fd, .events = POLLIN };
+    return alone && poll(&pfd, 1, 0) == 0;
+}
+
+/* Asks an idle thread, or a new one while under the limit, to take over
+ * reading. FALSE if there is none: the reader keeps reading. */
+static gboolean conn_hand_over_reading(NbdConn *conn)
+{
+    g_mutex_lock(&conn->lock);
+    gboolean handed = conn->idle_workers > 0;
+    if (!handed && conn->threads->len < conn->workers) {
+        GThread *t = g_thread_try_new("nbd-worker", conn_worker, conn, NULL);
+        if (t)
+            g_ptr_array_add(conn->threads, t);
+        handed = t != NULL;
+    }
+    if (handed) {
+        conn->reader_wanted = TRUE;
+        g_cond_signal(&conn->work_cond);
+    }
+    g_mutex_unlock(&conn->lock);
+    return handed;
 }
 
 /* Hands REQ to an idle worker, or a new one while under the limit. */
@@ -1532,8 +1599,9 @@ static gboolean read_write_payload(NbdConn *conn, NbdRequest *req, guint32 *nbd_
     return conn_read_full(conn, req->payload, req->length, error);
 }
 
-/* Decodes requests until DISC, the end of the stream or a violation. */
-static void conn_transmission(NbdConn *conn)
+/* Decodes requests until DISC, the end of the stream or a violation, or
+ * until it hands reading over and keeps a request (*KEEP) to run itself. */
+static void conn_read_until_done(NbdConn *conn, NbdRequest **keep)
 {
     g_autoptr(GError) err = NULL;
     for (;;) {
@@ -1574,8 +1642,28 @@ static void conn_transmission(NbdConn *conn)
             continue;
         }
         conn_wait_capacity(conn, request_cost(req));
+        if (conn_request_alone(conn) && conn_hand_over_reading(conn)) {
+            *keep = req;
+            return;
+        }
         conn_queue_request(conn, req);
     }
+}
+
+/* This thread's turn as the reader: decodes requests and queues them until
+ * it keeps one to run itself, having handed reading over (returned), or the
+ * stream ends (NULL; read_done is set). */
+static NbdRequest *conn_read_requests(NbdConn *conn)
+{
+    NbdRequest *keep = NULL;
+    conn_read_until_done(conn, &keep);
+    if (keep)
+        return keep;
+    g_mutex_lock(&conn->lock);
+    conn->read_done = TRUE;
+    g_cond_broadcast(&conn->work_cond);
+    g_mutex_unlock(&conn->lock);
+    return NULL;
 }
 
 static void conn_wait_idle(NbdConn *conn)
@@ -1647,7 +1735,8 @@ static gpointer conn_thread(gpointer data)
         vmm_debug("%s: export '%s' (%s)", conn->label, conn->exp->name,
                  conn->structured ? "structured replies" : "simple replies");
         conn_enter_transmission(conn);
-        conn_transmission(conn);
+        conn_take_reading(conn);
+        conn_serve(conn, TRUE);
         conn_wait_idle(conn);
         conn_stop_workers(conn);
     } else if (err && !g_error_matches(err, VMM_ERROR, VMM_ERROR_CLOSED)) {
@@ -1678,8 +1767,23 @@ static gpointer conn_thread(gpointer data)
     return NULL;
 }
 
+/* Best effort, on a Unix socket (vmmd's socketpairs; TCP tunes its own
+ * buffers unless told a size): room for a whole 1 MiB read reply, so that
+ * the client is not woken up several times per reply. Linux caps it at
+ * net.core.wmem_max/rmem_max. */
+static void set_socket_buffers(int fd)
+{
+    int domain = 0, bytes = SOCKET_BUFFER_BYTES;
+    socklen_t len = sizeof(domain);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX)
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+}
+
 gboolean nbd_server_serve_fd(NbdServer *server, int fd, GError **error)
 {
+    set_socket_buffers(fd);
     NbdConn *conn = g_new0(NbdConn, 1);
     conn->server = server;
     conn->fd = fd;

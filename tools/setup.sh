@@ -13,7 +13,7 @@ packages=(
   # the guest test rig: L1 kernel and userspace
   linux-image-amd64 busybox-static cpio
   # test tooling
-  jq procps socat bc acpica-tools fio nbd-client python3 rng-tools5
+  jq procps socat bc acpica-tools fio nbd-client python3 rng-tools5 diod
 )
 
 missing=()

@@ -2,8 +2,9 @@
 # In the rig's L1: Debian's kernel, booted by vmmd, mounts a host directory
 # through virtio-9p (vcpu-worker) served by the fsd helper:
 #   mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt
-# with -virtfs (security_model=mapped-xattr). Not here yet: the -fsdev/-device
-# form (a guest booted with it did not finish in the rig: open, issue 7) and
+# with -virtfs (security_model=mapped-xattr), with the long form -fsdev
+# local,...  -device virtio-9p-device,... and with -fsdev local,socket=PATH to
+# an fsd started on its own (fsd --listen unix:PATH). Not here:
 # passthrough through vmmd (under -sandbox on the spawner drops every
 # capability before it starts helpers, so fsd cannot chown;
 # tests/interop/rig-fsd-kernel.sh covers passthrough with standalone fsd). The guest creates, writes, appends, truncates,
@@ -18,8 +19,10 @@ BIN=${VMM_BIN_DIR:?}
 [ -c /dev/kvm ] || { echo "FAIL: no /dev/kvm (RIG_MODE=${RIG_MODE:-?})"; exit 1; }
 T=$(mktemp -d /tmp/rig-9p.XXXXXX)
 PID=
+FSD_PID=
 cleanup() {
   [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true
+  [ -n "$FSD_PID" ] && kill -KILL "$FSD_PID" 2>/dev/null || true
   mountpoint -q "$T/fs" 2>/dev/null && umount "$T/fs"
   rm -rf "$T"
 }
@@ -54,7 +57,7 @@ $B chmod 640 c/g
 $B chown 1234:5678 c/g
 $B mkfifo c/fifo
 $B mkdir many
-i=0; while [ $i -lt 1000 ]; do : >many/f$i; i=$((i + 1)); done
+i=0; while [ $i -lt $MANY ]; do : >many/f$i; i=$((i + 1)); done
 $B echo "GUEST-MANY $($B ls many | $B wc -l)"
 $B echo "GUEST-READLINK $($B readlink a/sym)"
 $B echo "GUEST-CONTENT $($B cat a/sym | $B tr '\n' ' ')"
@@ -64,11 +67,18 @@ cd /
 $B umount /mnt && $B echo GUEST-UMOUNT-OK
 exit 0
 EOF
-truncate -s 64K "$T/script.raw"
-dd if="$T/script.sh" of="$T/script.raw" conv=notrunc status=none
+# The guest's script on a raw disk; MANY entries in one directory (the later
+# runs list fewer: file creation in an L2 guest under a TCG L1 is slow).
+MANY=1000
+write_script() {
+  rm -f "$T/script.raw"
+  truncate -s 64K "$T/script.raw"
+  { echo "MANY=$MANY"; cat "$T/script.sh"; } | dd of="$T/script.raw" conv=notrunc status=none
+}
 
 run_guest() { # LABEL SHARE-OPTIONS...
-  local label=$1 rc=0; shift
+  local label=$1 rc=0 t0=$SECONDS; shift
+  write_script
   setsid "$BIN/vmmd" -sandbox "$SANDBOX" -kernel "$RIG_BZIMAGE" -initrd "$RIG_INITRAMFS_L2" -m 256M \
       -append "console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda" \
       -drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0 \
@@ -78,6 +88,7 @@ run_guest() { # LABEL SHARE-OPTIONS...
   kill -0 "$PID" 2>/dev/null && fail "$label: vmmd still running after 300 s"
   wait "$PID" || rc=$?
   PID=
+  echo "$label: the guest ran for $((SECONDS - t0)) s"
   tr -d '\r' <"$T/out" >"$T/console"
   [ $rc -eq 0 ] || fail "$label: vmmd exited $rc"
   grep -aq "^GUEST-9P-MOUNT-FAILED" "$T/console" && fail "$label: the guest could not mount the share"
@@ -88,7 +99,7 @@ guest() { grep -a "^$1" "$T/console" | tail -1 | cut -d' ' -f2-; }
 
 check_tree() { # LABEL EXPORT
   local label=$1 e=$2
-  [ "$(guest GUEST-MANY)" = 1000 ] || fail "$label: the guest listed $(guest GUEST-MANY) entries, not 1000"
+  [ "$(guest GUEST-MANY)" = "$MANY" ] || fail "$label: the guest listed $(guest GUEST-MANY) entries, not $MANY"
   [ "$(guest GUEST-READLINK)" = ../c/g ] || fail "$label: readlink '$(guest GUEST-READLINK)'"
   [ "$(guest GUEST-CONTENT)" = "hello world " ] || fail "$label: content through the symlink '$(guest GUEST-CONTENT)'"
   [ "$(guest GUEST-STAT)" = "640 1234 5678 2" ] || fail "$label: the guest's stat of c/g: '$(guest GUEST-STAT)'"
@@ -104,7 +115,7 @@ world" ] || fail "$label: host content of c/g"
     [ "$(readlink "$e/a/sym")" = ../c/g ] || fail "$label: host symlink target"
   fi
   [ "$(stat -c %s "$e/big")" = 4096 ] || fail "$label: truncate: host size $(stat -c %s "$e/big")"
-  [ "$(ls "$e/many" | wc -l)" = 1000 ] || fail "$label: host has $(ls "$e/many" | wc -l) entries"
+  [ "$(ls "$e/many" | wc -l)" = "$MANY" ] || fail "$label: host has $(ls "$e/many" | wc -l) entries"
 }
 
 HOST_MD5=
@@ -129,6 +140,28 @@ xattr_u32() { # FILE NAME: a little-endian 32-bit value, as QEMU writes user.vir
 [ "$(stat -c %u "$E/x/c/g")" = 0 ] || fail "mapped-xattr: the host file's owner changed"
 [ -f "$E/x/c/fifo" ] || fail "mapped-xattr: the fifo is not a regular file on the host"
 echo "mapped-xattr: the guest's tree is on the host, owners and modes in user.virtfs.*"
+
+MANY=100
+# The long form, the device before its fsdev (the order is free) and with an id.
+make_export "$E/l"
+run_guest "long-form" -device virtio-9p-device,id=p9,fsdev=L,mount_tag=share \
+    -fsdev "local,id=L,path=$E/l,security_model=mapped-xattr"
+check_tree "long-form" "$E/l"
+[ "$(xattr_u32 "$E/l/c/g" user.virtfs.uid)" = 1234 ] || fail "long-form: user.virtfs.uid of c/g is not 1234"
+echo "long-form: -fsdev local,... -device virtio-9p-device,... mounts and serves the same tree"
+
+# socket=PATH: an fsd started on its own serves the export; vmmd starts no fsd.
+make_export "$E/s"
+"$BIN/fsd" --export "$E/s" --listen "unix:$T/fsd.sock" --security-model mapped-xattr 2>"$T/fsd.log" &
+FSD_PID=$!
+for _ in $(seq 100); do [ -S "$T/fsd.sock" ] && break; sleep 0.1; done
+[ -S "$T/fsd.sock" ] || fail "standalone fsd did not listen: $(cat "$T/fsd.log")"
+run_guest "socket" -fsdev "local,id=S,socket=$T/fsd.sock" -device virtio-9p-device,fsdev=S,mount_tag=share
+check_tree "socket" "$E/s"
+[ "$(xattr_u32 "$E/s/c/g" user.virtfs.uid)" = 1234 ] || fail "socket: user.virtfs.uid of c/g is not 1234"
+grep -aq "fsd\[" "$T/console" && fail "socket: vmmd started an fsd helper of its own"
+kill -TERM "$FSD_PID"; wait "$FSD_PID" || true; FSD_PID=
+echo "socket: a standalone fsd reached through -fsdev local,socket= serves the guest"
 
 SANDBOX=on
 # readonly: the guest reads, cannot write.

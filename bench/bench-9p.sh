@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# 9p file serving, in one run, on the same host directory (an ext4 loop image
+# in L1, mounted with discard, so that L1's tmpfs gets deleted blocks back):
+#   - L2: vmmd -virtfs (virtio-9p in vcpu-worker, fsd) vs qemu-system-x86_64
+#     -M microvm -enable-kvm with its own 9p server (-fsdev local + -device
+#     virtio-9p-device: microvm has no PCI for -virtfs), both security_model=
+#     mapped-xattr, same kernel (the kit's vmlinux), initramfs, 256 MiB, one
+#     vCPU; the guest mounts trans=virtio,version=9p2000.L,msize=$MSIZE.
+#   - L1: fsd standalone (--listen tcp:127.0.0.1, passthrough) vs diod
+#     (-n -N, passthrough), mounted by L1's kernel with trans=tcp, same msize.
+# Needs a /dev/kvm that boots Linux: run it in the rig's L1:
+#   bash tests/rig/rig-run.sh --timeout 5400 -- bash bench/bench-9p.sh build/bin [RUNS]
+# Workloads (bench/guest-fs.c, static, the same binary in L2 and L1), default
+# cache mode (none: every operation reaches the server): sequential write
+# (then fsync) and read of a $MIB MiB file in 1 MiB requests; create (1 KiB
+# each), stat and delete of $FILES files; readdir of a directory of $ENTRIES
+# entries (3 listings). Prints one row per workload: both rates and ratio =
+# ours / theirs (above 1: ours is faster), best of RUNS (default 1).
+set -euo pipefail
+BIN=${1:-$(cd "$(dirname "$0")/.." && pwd)/build/bin}
+RUNS=${2:-1}
+MIB=${BENCH_9P_MIB:-256}
+FILES=${BENCH_9P_FILES:-5000}
+ENTRIES=${BENCH_9P_ENTRIES:-10000}
+MSIZE=${BENCH_9P_MSIZE:-512000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+: "${RIG_KIT:?RIG_KIT is not set: run this through tests/rig/rig-run.sh}"
+. "$RIG_KIT/kit.env"
+command -v diod >/dev/null || { echo "SKIP: diod is missing (apt-get install diod)"; exit 77; }
+T=$(mktemp -d /tmp/bench-9p.XXXXXX)
+PID=
+cleanup() {
+  [ -n "$PID" ] && kill -KILL -- -"$PID" 2>/dev/null
+  mountpoint -q "$T/mnt" 2>/dev/null && umount -l "$T/mnt"
+  mountpoint -q "$T/fs" 2>/dev/null && umount -l "$T/fs"
+  rm -rf "$T"
+}
+trap cleanup EXIT
+die() { echo "bench-9p: $*" >&2; exit 1; }
+
+gcc -static -O2 -o "$T/guest-fs" "$HERE/guest-fs.c"
+NBLK=$(( ($(stat -c %s "$T/guest-fs") + 4095) / 4096 ))
+[ "$NBLK" -le 240 ] || die "guest-fs is too big for the disk header"
+truncate -s $((MIB * 2 + 1024))M "$T/fs.img"
+mkfs.ext4 -q -F "$T/fs.img"
+mkdir -p "$T/fs" "$T/mnt"
+mount -o loop,discard "$T/fs.img" "$T/fs" || die "loop mount of the ext4 image"
+E=$T/fs/export
+echo "L1: $(nproc) CPUs, $(free -m | awk '/^Mem:/ { print $2 " MiB RAM, " $7 " MiB available" }'); $MIB MiB file, $FILES files, $ENTRIES entries, msize $MSIZE"
+
+workload() { # PREFIX DIR GFS: the workloads as shell lines, the binary at GFS
+  cat <<EOF
+\$B grep ' $2 9p ' /proc/mounts | \$B sed 's/^/GUEST-MOUNT /'
+$3 seqwrite $2/big $MIB
+$3 seqread $2/big $MIB
+\$B rm -f $2/big
+$3 create $2/small $FILES
+$3 stat $2/small $FILES
+$3 delete $2/small $FILES
+$3 mkfiles $2/dir $ENTRIES
+$3 readdir $2/dir 3
+EOF
+}
+
+# The guest's disk: its script at 0, guest-fs at 64 KiB (the script ends in exit).
+{
+  echo 'B=/bin/busybox'
+  echo "\$B dd if=/dev/vda of=/gfs bs=4096 skip=16 count=$NBLK 2>/dev/null; \$B chmod 755 /gfs"
+  echo "\$B mkdir -p /mnt"
+  echo "\$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE share /mnt || \$B echo GUEST-9P-MOUNT-FAILED"
+  workload guest /mnt /gfs
+  echo "\$B umount /mnt"
+  echo "exit 0"
+} >"$T/script.sh"
+truncate -s 1M "$T/script.raw"
+dd if="$T/script.sh" of="$T/script.raw" conv=notrunc status=none
+dd if="$T/guest-fs" of="$T/script.raw" bs=4096 seek=16 conv=notrunc status=none
+APPEND="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
+DISK=(-drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0)
+NOPS=7   # GUEST-FS lines per run
+
+fresh_export() { rm -rf "$E"; mkdir "$E"; fstrim "$T/fs" 2>/dev/null || true; }
+
+check_run() { # NAME
+  [ "$(grep -ac "^GUEST-FS" "$T/$1.out")" = "$NOPS" ] || { echo "$1: the workload failed" >&2; tail -20 "$T/$1.out" >&2; exit 1; }
+  grep -a "^GUEST-MOUNT" "$T/$1.out" | tail -1 | sed "s/^GUEST-MOUNT /$1 mount: /"
+}
+
+run_guest() { # NAME COMMAND...
+  local name=$1; shift
+  fresh_export
+  setsid "$@" </dev/null >"$T/$name.out" 2>&1 &
+  PID=$!
+  for _ in $(seq 18000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$PID" 2>/dev/null && die "$name: still running after 1800 s"
+  wait "$PID" || true
+  PID=
+  tr -d '\r' <"$T/$name.out" >"$T/$name.tmp" && mv "$T/$name.tmp" "$T/$name.out"
+  check_run "$name"
+}
+
+# L1: a server on 127.0.0.1:PORT, L1's kernel mounts it and runs the workloads.
+run_tcp() { # NAME PORT COMMAND...
+  local name=$1 port=$2; shift 2
+  fresh_export
+  setsid "$@" </dev/null >"$T/$name.log" 2>&1 &
+  PID=$!
+  local ok=
+  for _ in $(seq 100); do
+    if mount -t 9p -o "trans=tcp,port=$port,version=9p2000.L,msize=$MSIZE,aname=$E,uname=root,access=user" \
+         127.0.0.1 "$T/mnt" 2>/dev/null; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ok" ] || { cat "$T/$name.log" >&2; die "$name: cannot mount 127.0.0.1:$port"; }
+  { B=busybox; eval "$(workload "$name" "$T/mnt" "$T/guest-fs")"; } >"$T/$name.out" 2>&1 || true
+  umount "$T/mnt"
+  kill -TERM -- -"$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true
+  PID=
+  check_run "$name"
+}
+
+rate() { # NAME OP: MB/s for seq*, operations (files, entries) per second otherwise
+  grep -a "^GUEST-FS $2 " "$T/$1.out" | tail -1 | awk -v op="$2" '{
+    if (op ~ /^seq/) printf "%.1f", $3 / 1e6 / ($4 / 1e9); else printf "%.0f", $3 / ($4 / 1e9) }'
+}
+better() { if [ -z "$1" ] || [ "$(echo "$2 > $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+
+OPS=(seqwrite seqread create stat delete readdir)
+declare -A R
+keep() { for op in "${OPS[@]}"; do R[$1.$op]=$(better "${R[$1.$op]:-}" "$(rate "$1" "$op")"); done; }
+
+for _ in $(seq "$RUNS"); do
+  run_guest vmmd "$BIN/vmmd" -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M -append "$APPEND" "${DISK[@]}" \
+    -virtfs "local,path=$E,mount_tag=share,security_model=mapped-xattr"
+  keep vmmd
+  run_guest qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot \
+    -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
+    -fsdev "local,id=f0,path=$E,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share
+  keep qemu
+  run_tcp fsd-tcp 5640 "$BIN/fsd" --export "$E" --listen tcp:127.0.0.1:5640 --security-model passthrough
+  keep fsd-tcp
+  run_tcp diod 5641 diod -f -n -N -L stderr -l 127.0.0.1:5641 -e "$E"
+  keep diod
+done
+
+unit() { case $1 in seq*) echo "MB/s";; readdir) echo "entries/s";; *) echo "files/s";; esac; }
+table() { # TITLE OURS THEIRS
+  printf '\n%-40s %12s %12s %8s\n' "$1, best of $RUNS" "$2" "$3" ratio
+  for op in "${OPS[@]}"; do
+    printf '%-40s %12s %12s %8.2f\n' "$op ($(unit "$op"))" "${R[$2.$op]}" "${R[$3.$op]}" \
+      "$(echo "${R[$2.$op]} / ${R[$3.$op]}" | bc -l)"
+  done
+}
+table "L2 guest, virtio-9p, mapped-xattr" vmmd qemu
+table "L1 kernel, trans=tcp, passthrough" fsd-tcp diod

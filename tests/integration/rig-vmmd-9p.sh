@@ -9,7 +9,7 @@
 # capability before it starts helpers, so fsd cannot chown;
 # tests/interop/rig-fsd-kernel.sh covers passthrough with standalone fsd). The guest creates, writes, appends, truncates,
 # renames across directories, links, symlinks, chmods and chowns, makes a fifo,
-# lists a directory of 1000 entries and reads a host-made file; the host then
+# lists a directory of 300 entries and reads a host-made file; the host then
 # checks the export: contents, and the representation of the security model
 # (user.virtfs.* xattrs). A readonly export refuses the guest's writes.
 set -euo pipefail
@@ -69,7 +69,7 @@ exit 0
 EOF
 # The guest's script on a raw disk; MANY entries in one directory (the later
 # runs list fewer: file creation in an L2 guest under a TCG L1 is slow).
-MANY=1000
+MANY=300
 write_script() {
   rm -f "$T/script.raw"
   truncate -s 64K "$T/script.raw"

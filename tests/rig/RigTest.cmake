@@ -10,9 +10,9 @@
 # directory: kit.env names the kernel and initramfs files), VMM_SOURCE_DIR,
 # VMM_BUILD_DIR, VMM_BIN_DIR and the ENV values. CWD defaults to the current
 # binary directory, TIMEOUT to 600 s. Exit status 77 means skipped (no QEMU or
-# kernel on this host). GUEST marks a test that boots L2 guests: such tests run
-# one at a time (RESOURCE_LOCK rig-guest) and once more after a failure that
-# followed a guest triple fault (retry-triple-fault.sh, docs/rig.md). The
+# kernel on this host). Rig tests run one at a time (RESOURCE_LOCK rig-l1).
+# GUEST marks a test that boots L2 guests: it runs once more after a failure
+# that followed a guest triple fault (retry-triple-fault.sh, docs/rig.md). The
 # keywords GUEST, TIMEOUT, CWD and ENV cannot be used as script arguments.
 include_guard(GLOBAL)
 
@@ -36,11 +36,16 @@ endfunction()
 
 # vmm_rig_test_properties(NAME TIMEOUT): what every rig test shares.
 function(vmm_rig_test_properties name timeout)
-  # ctest's own limit leaves room for the job's limit plus result pickup.
-  math(EXPR ctest_timeout "${timeout} + 60")
+  # ctest's own limit leaves room for the job's limit twice (a new L1 and a
+  # second run after L1 died, rig-job.sh) plus result pickup.
+  math(EXPR ctest_timeout "2 * ${timeout} + 120")
+  # One job at a time in the one L1: L1's kernel has died in KVM_RUN (nested
+  # SVM under TCG) with an L2 guest and another job side by side, and two L2
+  # guests make L2 triple faults likelier (docs/rig.md).
   set_tests_properties(${name} PROPERTIES
     LABELS rig
     FIXTURES_REQUIRED rig
+    RESOURCE_LOCK rig-l1
     SKIP_RETURN_CODE 77
     TIMEOUT ${ctest_timeout})
 endfunction()
@@ -61,9 +66,4 @@ function(vmm_add_rig_test name script)
                       ${run} ${RT_UNPARSED_ARGUMENTS})
   add_test(NAME ${name} COMMAND ${cmd})
   vmm_rig_test_properties(${name} ${RT_TIMEOUT})
-  if(RT_GUEST)
-    # Two L2 guests at once in the one L1 have crashed L1's kernel (in KVM_RUN,
-    # nested SVM under TCG) and make L2 triple faults likelier: one at a time.
-    set_tests_properties(${name} PROPERTIES RESOURCE_LOCK rig-guest)
-  endif()
 endfunction()

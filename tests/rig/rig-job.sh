@@ -9,12 +9,14 @@
 # The job sees RIG_MODE (l1 or host) and RIG_KIT (the kit directory) in its
 # environment, besides the --env values; its environment is otherwise clean.
 # Exit status: COMMAND's, or 77 the fixture was skipped, 124 timeout,
-# 125 L1 is down or never came up.
+# 125 L1 is down or never came up. When L1 dies while the job runs (or
+# before), the job starts a new L1 and runs once more (docs/rig.md).
 set -uo pipefail
 
 RIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$RIG_DIR/rig-lib.sh"
 
+ORIG_ARGS=("$@")
 STATE=""
 TIMEOUT=${VMM_RIG_TIMEOUT:-600}
 CWD=$PWD
@@ -65,9 +67,28 @@ run_one_shot() {
     exec bash "$RIG_DIR/rig-run.sh" "${args[@]}" -- "$@"
 }
 
+# L1's kernel has been seen to die under nested SVM (docs/rig.md): a fresh
+# L1 (the fixture's setup again, with the same shares) runs the job once more.
+# The lock keeps two jobs from restarting it at the same time.
+restart_l1() {
+    local shares=() p
+    for p in $(awk '{ print $3 }' "$STATE/shares"); do shares+=(--share "$p"); done
+    cp "$STATE/console.log" "$STATE/../rig-crash-$(date +%s).log" 2>/dev/null
+    (
+        flock 9
+        rig_qemu_alive "$(cat "$STATE/qemu.pid" 2>/dev/null)" "$STATE" && exit 0
+        bash "$RIG_DIR/rig-fixture.sh" setup --state "$STATE" "${shares[@]}" >&2
+    ) 9>"$STATE.restart-lock"
+}
+
 l1_down() {
     rig_log "job $JOB_ID: L1 is down ($*)"
     rig_console_tail "$STATE"
+    if [ -z "${RIG_JOB_RETRY:-}" ] && [ -f "$STATE/shares" ]; then
+        rig_log "job $JOB_ID: starting a new L1 and running the job once more"
+        restart_l1 && RIG_JOB_RETRY=1 exec bash "$0" "${ORIG_ARGS[@]}"
+        rig_log "job $JOB_ID: the new L1 did not come up"
+    fi
     exit $RIG_EXIT_L1_DOWN
 }
 

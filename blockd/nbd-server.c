@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/iov.h"
 #include "common/log.h"
 #include "proto/nbd.h"
 
@@ -533,15 +534,7 @@ static gboolean plain_send_iov(NbdConn *conn, struct iovec *iov, int niov, GErro
                 continue;
             return vmm_set_errno(error, errno, "%s: send", conn->label);
         }
-        while (niov > 0 && (gsize)n >= iov->iov_len) {
-            n -= iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (guint8 *)iov->iov_base + n;
-            iov->iov_len -= n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }
@@ -1767,23 +1760,9 @@ static gpointer conn_thread(gpointer data)
     return NULL;
 }
 
-/* Best effort, on a Unix socket (vmmd's socketpairs; TCP tunes its own
- * buffers unless told a size): room for a whole 1 MiB read reply, so that
- * the client is not woken up several times per reply. Linux caps it at
- * net.core.wmem_max/rmem_max. */
-static void set_socket_buffers(int fd)
-{
-    int domain = 0, bytes = SOCKET_BUFFER_BYTES;
-    socklen_t len = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX)
-        return;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
-}
-
 gboolean nbd_server_serve_fd(NbdServer *server, int fd, GError **error)
 {
-    set_socket_buffers(fd);
+    vmm_unix_socket_set_buffers(fd, SOCKET_BUFFER_BYTES);
     NbdConn *conn = g_new0(NbdConn, 1);
     conn->server = server;
     conn->fd = fd;

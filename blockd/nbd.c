@@ -26,6 +26,7 @@
 
 #include "blockd/nbd-tls.h"
 #include "common/error.h"
+#include "common/iov.h"
 #include "common/log.h"
 #include "proto/nbd.h"
 
@@ -110,15 +111,7 @@ static gboolean conn_writev(NbdConn *conn, struct iovec *iov, int niov, GError *
             }
             return vmm_set_errno(error, errno, "write to the server");
         }
-        while (niov > 0 && (gsize)n >= iov->iov_len) {
-            n -= iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (guint8 *)iov->iov_base + n;
-            iov->iov_len -= n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }

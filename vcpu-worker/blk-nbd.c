@@ -17,6 +17,7 @@
 #include "vcpu-worker/blk-nbd.h"
 #include "common/bytes.h"
 #include "common/error.h"
+#include "common/iov.h"
 #include "common/helper.h"
 #include "common/log.h"
 #include "proto/nbd.h"
@@ -202,15 +203,7 @@ static gboolean write_all(int fd, struct iovec *iov, unsigned niov)
             continue;
         if (n <= 0)
             return FALSE;
-        while (niov > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }
@@ -259,15 +252,7 @@ static gboolean readv_full(int fd, const struct iovec *src, unsigned niov)
                 errno = ECONNRESET;
             return FALSE;
         }
-        while (niov > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }
@@ -673,17 +658,6 @@ static gint by_cookie(gconstpointer a, gconstpointer b)
     return x->cookie < y->cookie ? -1 : x->cookie > y->cookie;
 }
 
-/* Best effort: the defaults work too, only slower. A Unix socket only: TCP
- * tunes its own buffers unless told a size. */
-static void set_socket_buffers(int fd)
-{
-    int domain = 0, bytes = SOCKET_BUFFER_BYTES;
-    socklen_t len = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_UNIX)
-        return;
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
-}
 
 gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error)
 {
@@ -703,7 +677,7 @@ gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error)
         return FALSE;
     }
     drop_connection(c);
-    set_socket_buffers(fd);
+    vmm_unix_socket_set_buffers(fd, SOCKET_BUFFER_BYTES);
     c->size = size;
     c->flags = flags;
     c->max_len = max ? MIN(max, (guint32)NBD_MAX_PAYLOAD) : NBD_MAX_PAYLOAD;

@@ -15,6 +15,7 @@
  * until then. */
 #include "vcpu-worker/virtio-9p.h"
 #include "common/error.h"
+#include "common/iov.h"
 #include "common/helper.h"
 #include "common/log.h"
 #include "proto/9p.h"
@@ -193,15 +194,7 @@ static gboolean send_all(int fd, struct iovec *iov, unsigned niov, int *err)
             *err = n < 0 ? errno : EPIPE;
             return FALSE;
         }
-        while (niov > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (guint8 *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }
@@ -415,15 +408,7 @@ static gboolean readv_full(int fd, struct iovec *iov, unsigned niov, int *err)
             *err = n < 0 ? errno : 0;
             return FALSE;
         }
-        while (niov > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            niov--;
-        }
-        if (niov > 0) {
-            iov->iov_base = (guint8 *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
     }
     return TRUE;
 }

@@ -45,6 +45,9 @@ struct VmmHelperProc {
     guint total_restarts;
     gint64 started_at;
     gboolean ever_up;
+    /* The spawner has not told us the pid yet; the helper may already be up
+     * (its channel handshake can beat the spawner's reply). */
+    gboolean spawn_pending;
     uv_timer_t timer;       /* restart backoff and shutdown grace */
 };
 
@@ -190,6 +193,7 @@ static const VmmChannelOps helper_ops = {
 static void on_spawned(Vmmd *d, int pid, const GError *error, gpointer user)
 {
     VmmHelperProc *hp = user;
+    hp->spawn_pending = FALSE;
     if (pid < 0 && hp->state == HELPER_STOPPING) {
         hp->state = HELPER_STOPPED;
         check_all_stopped(d);
@@ -239,6 +243,7 @@ static void start_helper(VmmHelperProc *hp)
     const char *argv[] = { hp->path, "--control-fd", "3", "--sandbox", policy, NULL, NULL };
     if (g_str_equal(hp->role, "fsd") && vmm_fsdev_needs_passthrough(d))
         argv[5] = "--passthrough";
+    hp->spawn_pending = TRUE;
     vmm_spawner_spawn(d, argv, &sv[1], 1, on_spawned, hp);
     close(sv[1]);
 }
@@ -379,8 +384,8 @@ void vmm_supervisor_stop_all(Vmmd *d, void (*done)(Vmmd *d))
             if (hp->ch)
                 vmm_channel_call(hp->ch, VMM_CMD_SHUTDOWN, NULL, NULL, 0, on_shutdown_reply, hp, NULL);
             uv_timer_start(&hp->timer, on_kill_timer, SHUTDOWN_GRACE_MS, 0);
-        } else if (hp->state == HELPER_STARTING) {
-            /* Not spawned yet: the spawn reply will find d->quitting. */
+        } else if (hp->spawn_pending) {
+            /* The spawn reply will find HELPER_STOPPING and end it by pid. */
             hp->state = HELPER_STOPPING;
         } else {
             hp->state = HELPER_STOPPED;

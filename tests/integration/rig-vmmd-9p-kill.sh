@@ -24,7 +24,7 @@ console() { tr -d '\r' <"$T/out" >"$T/console" 2>/dev/null || : >"$T/console"; }
 has() { console; grep -aq "^$1" "$T/console"; }
 guest() { console; { grep -a "^$1" "$T/console" || true; } | tail -1 | cut -d' ' -f2-; }
 wait_has() { # TEXT SECONDS
-  for _ in $(seq $(($2 * 10))); do
+  local end=$((SECONDS + $2)); while [ "$SECONDS" -lt "$end" ]; do
     has "$1" && return 0
     kill -0 "$PID" 2>/dev/null || return 1
     sleep 0.1
@@ -77,7 +77,7 @@ setsid "$BIN/vmmd" -sandbox on,spawn=deny -kernel "$RIG_BZIMAGE" -initrd "$RIG_I
     -virtfs "local,path=$T/share,mount_tag=share,security_model=mapped-xattr,id=share" \
     -qmp "unix:$T/qmp.sock,server=on,wait=off" </dev/null >"$T/out" 2>&1 &
 PID=$!
-wait_has GUEST-LOOP-STARTED 300 || fail "the guest did not start its write loop"
+wait_has GUEST-LOOP-STARTED 240 || fail "the guest did not start its write loop"
 has GUEST-MOUNT-FAILED && fail "the guest could not mount the share"
 sleep 2
 Q query-helpers >"$T/helpers" || fail "query-helpers failed"
@@ -88,9 +88,9 @@ EV=$!
 sleep 1
 kill -KILL "$fsd"
 echo "killed fsd (pid $fsd) during the guest's writes"
-wait_has GUEST-IO-ERROR 120 || fail "the guest's writes did not fail after fsd died (hung?)"
+wait_has GUEST-IO-ERROR 90 || fail "the guest's writes did not fail after fsd died (hung?)"
 wait_has "GUEST-REMOUNT" 120 || fail "the guest did not mount the tag again"
-for _ in $(seq 1200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+end=$((SECONDS + 60)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$PID" 2>/dev/null && fail "vmmd still running after the guest's script"
 rc=0; wait "$PID" || rc=$?; PID=
 [ "$rc" -eq 0 ] || fail "vmmd exited $rc"

@@ -84,7 +84,7 @@ run_guest() { # LABEL SHARE-OPTIONS...
       -drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0 \
       "$@" -qmp "unix:$T/qmp.sock,server=on,wait=off" </dev/null >"$T/out" 2>&1 &
   PID=$!
-  for _ in $(seq 3000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$label: vmmd still running after 300 s"
   wait "$PID" || rc=$?
   PID=
@@ -154,7 +154,7 @@ echo "long-form: -fsdev local,... -device virtio-9p-device,... mounts and serves
 make_export "$E/s"
 "$BIN/fsd" --export "$E/s" --listen "unix:$T/fsd.sock" --security-model mapped-xattr 2>"$T/fsd.log" &
 FSD_PID=$!
-for _ in $(seq 100); do [ -S "$T/fsd.sock" ] && break; sleep 0.1; done
+end=$((SECONDS + 10)); while [ "$SECONDS" -lt "$end" ]; do [ -S "$T/fsd.sock" ] && break; sleep 0.1; done
 [ -S "$T/fsd.sock" ] || fail "standalone fsd did not listen: $(cat "$T/fsd.log")"
 run_guest "socket" -fsdev "local,id=S,socket=$T/fsd.sock" -device virtio-9p-device,fsdev=S,mount_tag=share
 check_tree "socket" "$E/s"

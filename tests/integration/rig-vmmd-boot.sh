@@ -22,7 +22,7 @@ has() { tr -d '\r' <"$T/out" >"$T/out.clean"; grep -q -- "$1" "$T/out.clean"; }
 
 # wait_for TEXT SECONDS: TEXT in the output, while vmmd runs.
 wait_for() {
-  for _ in $(seq $(($2 * 10))); do
+  local end=$((SECONDS + $2)); while [ "$SECONDS" -lt "$end" ]; do
     has "$1" && return 0
     kill -0 "$PID" 2>/dev/null || return 1
     sleep 0.1
@@ -32,7 +32,7 @@ wait_for() {
 
 # wait_exit LABEL: vmmd's status in RC, within 300 s.
 wait_exit() {
-  for _ in $(seq 3000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$1: vmmd still running after 300 s"
   RC=0
   wait "$PID" || RC=$?

@@ -82,7 +82,7 @@ start_vmmd() { # VDA_FORMAT VDA_FILE SCRIPT_IMAGE [EXTRA...]
 }
 wait_vmmd() { # LABEL: vmmd must end by itself with status 0
   local label=$1 rc=0
-  for _ in $(seq 2400); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  end=$((SECONDS + 240)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$label: vmmd still running after 240 s"
   wait "$PID" || rc=$?
   PID=
@@ -150,7 +150,7 @@ cmp -s "$T/snap.raw" "$T/zero.raw" || fail "-snapshot: the image changed"
 # blockd killed during the guest's write loop.
 qemu-img create -q -f qcow2 "$T/loop.qcow2" 16M
 start_vmmd qcow2 "$T/loop.qcow2" "$T/loop.raw"
-for _ in $(seq 1200); do grep -aq "^GUEST-ACK 4" "$T/out" && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+end=$((SECONDS + 120)); while [ "$SECONDS" -lt "$end" ]; do grep -aq "^GUEST-ACK 4" "$T/out" && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 grep -aq "^GUEST-ACK 4" "$T/out" || fail "restart: the guest's loop did not get going"
 BLOCKD=$(pgrep -s "$PID" -x blockd | head -1)
 [ -n "$BLOCKD" ] || fail "restart: no blockd in vmmd's session"

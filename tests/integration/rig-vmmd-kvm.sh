@@ -16,7 +16,7 @@ fail() { echo "FAIL: $*" >&2; [ -f "$T/log" ] && cat "$T/log" >&2; exit 1; }
 [ -c /dev/kvm ] || fail "no /dev/kvm here (RIG_MODE=${RIG_MODE:-?})"
 "$BIN/vmmd" -sandbox on -qmp "unix:$SOCK,server=on,wait=off" 2>"$T/log" &
 PID=$!
-for _ in $(seq 300); do
+end=$((SECONDS + 30)); while [ "$SECONDS" -lt "$end" ]; do
   [ "$("$BIN/vmmctl" -s "$SOCK" query-status 2>/dev/null | jq -r .status 2>/dev/null)" = running ] && break
   sleep 0.1
 done

@@ -34,16 +34,16 @@ clean() { tr -d '\r' <"$1" >"$1.clean" 2>/dev/null || : >"$1.clean"; echo "$1.cl
 count() { grep -c -- "$1" "$(clean "$T/console")" || true; }
 has() { grep -q -- "$2" "$(clean "$1")"; }
 wait_console() { # TEXT N SECONDS: TEXT at least N times on the console
-  for _ in $(seq $(($3 * 10))); do
+  local end=$((SECONDS + $3)); while [ "$SECONDS" -lt "$end" ]; do
     [ "$(count "$1")" -ge "$2" ] && return 0
     kill -0 "$PID" 2>/dev/null || return 1
     sleep 0.1
   done
   return 1
 }
-wait_file() { for _ in $(seq $(($2 * 10))); do [ -e "$1" ] && return 0; sleep 0.1; done; return 1; }
+wait_file() { local end=$((SECONDS + $2)); while [ "$SECONDS" -lt "$end" ]; do [ -e "$1" ] && return 0; sleep 0.1; done; return 1; }
 wait_exit() {
-  for _ in $(seq 3000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$1: vmmd still running after 300 s"
   RC=0
   wait "$PID" || RC=$?

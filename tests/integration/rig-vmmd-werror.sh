@@ -48,7 +48,7 @@ count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
 console() { tr -d '\r' <"$T/out" >"$T/console" 2>/dev/null || : >"$T/console"; echo "$T/console"; }
 guest() { grep -a "^$1" "$(console)" | tail -1 | cut -d' ' -f2-; }
 wait_count() { # FILE TEXT N SECONDS: TEXT in at least N lines of FILE
-  for _ in $(seq $(($4 * 10))); do
+  local end=$((SECONDS + $4)); while [ "$SECONDS" -lt "$end" ]; do
     [ "$(count "$1" "$2")" -ge "$3" ] && return 0
     kill -0 "$PID" 2>/dev/null || return 1
     sleep 0.1
@@ -56,7 +56,7 @@ wait_count() { # FILE TEXT N SECONDS: TEXT in at least N lines of FILE
   return 1
 }
 wait_console() { # TEXT SECONDS
-  for _ in $(seq $(($2 * 10))); do
+  local end=$((SECONDS + $2)); while [ "$SECONDS" -lt "$end" ]; do
     grep -aq -- "$1" "$(console)" && return 0
     kill -0 "$PID" 2>/dev/null || return 1
     sleep 0.1
@@ -64,7 +64,7 @@ wait_console() { # TEXT SECONDS
   return 1
 }
 wait_exit() { # LABEL: vmmd must end by itself with status 0
-  for _ in $(seq 3000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$PID" 2>/dev/null && fail "$1: vmmd still running after 300 s"
   local rc=0
   wait "$PID" || rc=$?
@@ -109,7 +109,7 @@ start_vmmd() { # APPEND DRIVE-ARGS...
       -append "console=ttyS0 panic=-1 quiet $append" "$@" \
       -qmp "unix:$T/qmp.sock,server=on,wait=off" </dev/null >"$T/out" 2>&1 &
   PID=$!
-  for _ in $(seq 600); do [ -S "$T/qmp.sock" ] && break; sleep 0.1; done
+  end=$((SECONDS + 60)); while [ "$SECONDS" -lt "$end" ]; do [ -S "$T/qmp.sock" ] && break; sleep 0.1; done
   [ -S "$T/qmp.sock" ] || fail "no QMP socket"
   mkfifo "$T/qmp.in"
   "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 0 -i <"$T/qmp.in" >"$T/events" 2>&1 &
@@ -238,7 +238,7 @@ nbdkit -f -U "$T/nbdkit.sock" --filter=error memory 16M \
   error=EIO error-pread-rate=100% error-pread-file="$T/fail-read" \
   error-pwrite-rate=100% error-pwrite-file="$T/fail-write" >"$T/nbdkit.log" 2>&1 &
 NBDKIT=$!
-for _ in $(seq 100); do [ -S "$T/nbdkit.sock" ] && break; sleep 0.1; done
+end=$((SECONDS + 10)); while [ "$SECONDS" -lt "$end" ]; do [ -S "$T/nbdkit.sock" ] && break; sleep 0.1; done
 [ -S "$T/nbdkit.sock" ] || fail "nbdkit did not start: $(cat "$T/nbdkit.log")"
 nbd-client -b 512 -u "$T/nbdkit.sock" /dev/nbd0 >"$T/nbd-client.log" 2>&1 ||
   fail "nbd-client: $(cat "$T/nbd-client.log")"

@@ -1355,6 +1355,16 @@ gboolean vmm_block_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *b
     return bs->drv->pread(bs, offset, bytes, buf, 0, error);
 }
 
+gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
+                            guint64 *pnum)
+{
+    if (bytes == 0 || offset > bs->size || bytes > bs->size - offset)
+        return FALSE;
+    if (bs->drv->map_host)
+        return bs->drv->map_host(bs, offset, bytes, fd, host_offset, pnum);
+    return bs->drv->is_filter && bs->file && vmm_block_map_host(bs->file, offset, bytes, fd, host_offset, pnum);
+}
+
 /* A probed raw image must not get a format header in sector 0 (a guest
  * could otherwise make the host parse its data as qcow2 on the next boot). */
 static gboolean check_probed_write(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf,

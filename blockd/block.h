@@ -151,6 +151,13 @@ struct VmmBlockDriver {
      * layer passes no FUA down and flushes the node after the write instead.
      * MAY_UNMAP and NO_FALLBACK always reach pwrite_zeroes. */
     int supported_write_flags;
+    /* Where [OFFSET, OFFSET+BYTES) lies verbatim in a host file, so that a
+     * server can splice it to a socket without copying: *FD and *HOST_OFFSET
+     * for the first *PNUM bytes. FALSE: read it with pread (the data is
+     * transformed, not allocated here, or the fd is O_DIRECT). NULL: never;
+     * filters pass it down. */
+    gboolean (*map_host)(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
+                         guint64 *pnum);
 };
 
 struct VmmBlockDev {
@@ -217,6 +224,9 @@ gssize vmm_block_compress_cluster(VmmBlockDev *bs, guint64 offset, guint64 bytes
 gboolean vmm_block_pwrite_precompressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
                                         const void *cdata, gsize clen, GError **error);
 gboolean vmm_block_flush(VmmBlockDev *bs, GError **error);
+/* See VmmBlockDriver.map_host; FALSE also for a request out of range. */
+gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
+                            guint64 *pnum);
 int vmm_block_status(VmmBlockDev *bs, guint64 offset, guint64 bytes, guint64 *pnum,
                      guint64 *map, VmmBlockDev **file, GError **error);
 /* Like vmm_block_status but looks down the backing chain: ALLOCATED means

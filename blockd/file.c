@@ -454,6 +454,20 @@ static void file_close(VmmBlockDev *bs)
  * I/O
  * ------------------------------------------------------------------------- */
 
+/* Past the end of a regular file the map still holds: a splice stops at
+ * EOF and the caller pads with zeroes, as file_pread does. */
+static gboolean file_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
+                              guint64 *pnum)
+{
+    FileState *s = bs->opaque;
+    if (s->open_flags & O_DIRECT)
+        return FALSE;
+    *fd = s->fd;
+    *host_offset = offset;
+    *pnum = bytes;
+    return TRUE;
+}
+
 static gboolean file_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *buf, int flags,
                            GError **error)
 {
@@ -983,6 +997,7 @@ const VmmBlockDriver vmm_file_driver = {
     .close = file_close,
     .create = file_create,
     .pread = file_pread,
+    .map_host = file_map_host,
     .pwrite = file_pwrite,
     .pwrite_zeroes = file_pwrite_zeroes,
     .pdiscard = file_pdiscard,

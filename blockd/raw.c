@@ -91,6 +91,12 @@ static gboolean raw_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *
     return vmm_block_pread(bs->file, offset + raw_off(bs), bytes, buf, error);
 }
 
+static gboolean raw_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
+                             guint64 *pnum)
+{
+    return vmm_block_map_host(bs->file, offset + raw_off(bs), bytes, fd, host_offset, pnum);
+}
+
 static gboolean raw_pwrite(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf, int flags,
                            GError **error)
 {
@@ -192,6 +198,7 @@ const VmmBlockDriver vmm_raw_driver = {
     .pdiscard = raw_pdiscard,
     .allocate = raw_allocate,
     .block_status = raw_block_status,
+    .map_host = raw_map_host,
     .truncate = raw_truncate,
     .allocated_file_size = raw_allocated_file_size,
     .has_zero_init = raw_has_zero_init,

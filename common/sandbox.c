@@ -21,7 +21,7 @@
  * "clone" here is the thread form only (see sandbox_add_clone_rules). */
 static const char *const group_base[] = {
     "read", "write", "readv", "writev", "pread64", "pwrite64",
-    "preadv", "pwritev", "preadv2", "pwritev2",
+    "preadv", "pwritev", "preadv2", "pwritev2", "splice", "vmsplice", "tee",
     "close", "close_range", "fstat", "newfstatat", "statx", "lseek",
     "mmap", "munmap", "mprotect", "mremap", "madvise", "brk",
     "futex", "futex_waitv", "set_robust_list", "set_tid_address", "rseq",

@@ -1,0 +1,246 @@
+/* Zero-copy sending to sockets (splice.h). */
+#include "common/splice.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/iov.h"
+
+#define WANTED_PIPE_BYTES (1024 * 1024)
+
+struct VmmSplicePipe {
+    int rd, wr;
+    gsize cap;
+    gsize held;      /* bytes in the pipe */
+    gboolean broken;
+};
+
+VmmSplicePipe *vmm_splice_pipe_new(GError **error)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        vmm_set_errno(error, errno, "pipe for zero-copy reads");
+        return NULL;
+    }
+    VmmSplicePipe *p = g_new0(VmmSplicePipe, 1);
+    p->rd = fds[0];
+    p->wr = fds[1];
+    /* Without CAP_SYS_RESOURCE the limit is fs.pipe-max-size: take the
+     * wanted size if allowed, else keep the default (16 pages). */
+    int cap = fcntl(p->wr, F_SETPIPE_SZ, WANTED_PIPE_BYTES);
+    if (cap < 0)
+        cap = fcntl(p->wr, F_GETPIPE_SZ);
+    p->cap = cap > 0 ? (gsize)cap : 65536;
+    return p;
+}
+
+void vmm_splice_pipe_free(VmmSplicePipe *p)
+{
+    if (!p)
+        return;
+    close(p->rd);
+    close(p->wr);
+    g_free(p);
+}
+
+gboolean vmm_splice_pipe_reusable(const VmmSplicePipe *p)
+{
+    return !p->broken && p->held == 0;
+}
+
+gssize vmm_splice_fill(VmmSplicePipe *p, int fd, guint64 offset, guint64 len)
+{
+    gsize done = 0;
+    while (done < len && p->held < p->cap) {
+        loff_t off = (loff_t)(offset + done);
+        gsize want = MIN(len - done, p->cap - p->held);
+        ssize_t n = splice(fd, &off, p->wr, NULL, want, SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && done > 0)
+            break;   /* the pipe ran out of slots (an unaligned start takes one more) */
+        if (n < 0)
+            return done > 0 ? (gssize)done : -1;
+        if (n == 0)
+            break;   /* end of the file */
+        done += (gsize)n;
+        p->held += (gsize)n;
+    }
+    return (gssize)done;
+}
+
+static gboolean wait_writable(int sock)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLOUT };
+    for (;;) {
+        int r = poll(&pfd, 1, -1);
+        if (r > 0)
+            return TRUE;
+        if (r < 0 && errno != EINTR)
+            return FALSE;
+    }
+}
+
+static gboolean send_iov_all(int sock, struct iovec *iov, int niov, gboolean more)
+{
+    while (niov > 0) {
+        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)niov };
+        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && wait_writable(sock))
+            continue;
+        if (n < 0)
+            return FALSE;
+        niov = (int)vmm_iov_consume(&iov, (unsigned)niov, (size_t)n);
+    }
+    return TRUE;
+}
+
+/* Moves everything in the pipe to the socket. */
+static gboolean drain(VmmSplicePipe *p, int sock, gboolean more)
+{
+    while (p->held > 0) {
+        ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, more ? SPLICE_F_MORE : 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && wait_writable(sock))
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EPIPE;
+            return FALSE;
+        }
+        p->held -= (gsize)n;
+    }
+    return TRUE;
+}
+
+static gboolean send_zeroes(int sock, guint64 len)
+{
+    static const guint8 zeroes[65536];
+    while (len > 0) {
+        struct iovec iov = { (void *)zeroes, MIN(len, sizeof(zeroes)) };
+        if (!send_iov_all(sock, &iov, 1, FALSE))
+            return FALSE;
+        len -= iov.iov_len;
+    }
+    return TRUE;
+}
+
+static gboolean splice_send(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr, int fd,
+                            guint64 offset, guint64 len, gsize filled)
+{
+    struct iovec local[4];
+    g_assert(nhdr <= (int)G_N_ELEMENTS(local));
+    memcpy(local, hdr, sizeof(*hdr) * (size_t)nhdr);
+    p->broken = TRUE;   /* until the whole reply is out */
+    if (!send_iov_all(sock, local, nhdr, len > 0))
+        return FALSE;
+    guint64 done = filled;
+    if (!drain(p, sock, done < len))
+        return FALSE;
+    while (done < len) {
+        /* The pipe is empty here, so nothing read means the end of the file. */
+        gssize n = vmm_splice_fill(p, fd, offset + done, len - done);
+        if (n < 0)
+            return FALSE;
+        if (n == 0)
+            break;
+        done += (guint64)n;
+        if (!drain(p, sock, done < len))
+            return FALSE;
+    }
+    if (done < len && !send_zeroes(sock, len - done))
+        return FALSE;
+    p->broken = FALSE;
+    return TRUE;
+}
+
+/* splice has no MSG_NOSIGNAL: a peer gone mid-reply would raise SIGPIPE.
+ * It is blocked on this thread for the call, and one it raised is taken
+ * back, so the process's disposition stays what its owner chose. */
+typedef struct {
+    sigset_t set, old;
+    gboolean was_pending;
+} PipeSignalGuard;
+
+static void guard_begin(PipeSignalGuard *g)
+{
+    sigset_t pending;
+    sigemptyset(&g->set);
+    sigaddset(&g->set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &g->set, &g->old);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static gboolean guard_end(PipeSignalGuard *g, gboolean ok)
+{
+    int saved = errno;
+    if (!ok && !g->was_pending) {
+        struct timespec zero = { 0, 0 };
+        sigtimedwait(&g->set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+    errno = saved;
+    return ok;
+}
+
+gboolean vmm_splice_send(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr, int fd,
+                         guint64 offset, guint64 len, gsize filled)
+{
+    PipeSignalGuard g;
+    guard_begin(&g);
+    return guard_end(&g, splice_send(p, sock, hdr, nhdr, fd, offset, len, filled));
+}
+
+static gboolean splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr,
+                                const struct iovec *src, unsigned niov)
+{
+    struct iovec local[4];
+    g_assert(nhdr <= (int)G_N_ELEMENTS(local));
+    memcpy(local, hdr, sizeof(*hdr) * (size_t)nhdr);
+    if (!send_iov_all(sock, local, nhdr, niov > 0))
+        return FALSE;
+    struct iovec stack[64];
+    g_autofree struct iovec *heap = niov > G_N_ELEMENTS(stack) ? g_new(struct iovec, niov) : NULL;
+    struct iovec *iov = heap ? heap : stack;
+    memcpy(iov, src, sizeof(*iov) * niov);
+    while (niov > 0) {
+        ssize_t n = vmsplice(p->wr, iov, MIN(niov, (unsigned)IOV_MAX), SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && p->held > 0) {
+            if (!drain(p, sock, TRUE))
+                return FALSE;
+            continue;
+        }
+        if (n <= 0)
+            return FALSE;
+        p->held += (gsize)n;
+        niov = vmm_iov_consume(&iov, niov, (size_t)n);
+        if (!drain(p, sock, niov > 0))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr,
+                             const struct iovec *iov, unsigned niov)
+{
+    PipeSignalGuard g;
+    guard_begin(&g);
+    p->broken = TRUE;
+    gboolean ok = splice_send_iov(p, sock, hdr, nhdr, iov, niov);
+    p->broken = !ok;
+    return guard_end(&g, ok);
+}

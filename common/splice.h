@@ -1,0 +1,43 @@
+/* Sending to a socket without copying through a buffer of ours: a host
+ * file's pages (splice) or our own memory's pages (vmsplice: guest RAM) go
+ * into a pipe by reference and from there into the socket, which on Linux
+ * 6.1 takes them by reference as well (Unix sockets: unix_stream_sendpage).
+ * So a guest's 1 MiB read or write between vcpu-worker and blockd costs the
+ * one copy at the receiving end, instead of three.
+ *
+ * Reading a file into the pipe is done before a reply's header is sent, so a
+ * read error can still be answered with an error reply. Memory handed to
+ * vmm_splice_send_iov must stay unchanged until the peer has read it (the
+ * pipe and the socket hold references to its pages, not copies): for a
+ * request, until its reply came. */
+#pragma once
+
+#include <glib.h>
+#include <sys/uio.h>
+
+typedef struct VmmSplicePipe VmmSplicePipe;
+
+/* A pipe as large as the system lets an unprivileged process have (1 MiB
+ * by default); NULL with ERROR when the system has no pipes to give. */
+VmmSplicePipe *vmm_splice_pipe_new(GError **error);
+void vmm_splice_pipe_free(VmmSplicePipe *p);
+/* FALSE once a send failed half way: the pipe holds stale bytes. */
+gboolean vmm_splice_pipe_reusable(const VmmSplicePipe *p);
+
+/* Fills P (empty) with up to LEN bytes of FD from OFFSET: the file's first
+ * piece of a reply. Returns the bytes in the pipe (less than LEN when the
+ * pipe is full, 0 at the end of the file) or -1 with errno. */
+gssize vmm_splice_fill(VmmSplicePipe *p, int fd, guint64 offset, guint64 len);
+
+/* Sends HDR, then LEN bytes of FD from OFFSET to the blocking socket SOCK, of
+ * which the first FILLED are in P already (vmm_splice_fill); the part past
+ * the end of the file as zeroes. FALSE with errno when the connection (or,
+ * after the header went out, the file) failed: the stream is broken. */
+gboolean vmm_splice_send(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr, int fd,
+                         guint64 offset, guint64 len, gsize filled);
+
+/* Sends HDR, then the memory IOV describes, to the blocking socket SOCK, by
+ * reference. FALSE with errno when the connection failed (the stream is
+ * broken and P must not be used again). */
+gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr,
+                             const struct iovec *iov, unsigned niov);

@@ -14,6 +14,8 @@
 set -euo pipefail
 BIN=${1:-$(cd "$(dirname "$0")/.." && pwd)/build/bin}
 RUNS=${2:-2}
+SEQ_MIB=${BENCH_SEQ_MIB:-256}     # smaller for a quick look; the rows above use the defaults
+RAND_OPS=${BENCH_RAND_OPS:-3000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 : "${RIG_KIT:?RIG_KIT is not set: run this through tests/rig/rig-run.sh}"
 . "$RIG_KIT/kit.env"
@@ -34,10 +36,10 @@ for d in vda vdb; do [ "\$(\$B cat /sys/block/\$d/size)" -gt 8192 ] && D=/dev/\$
 \$B chmod 755 /gio
 \$B echo "GUEST-READY \$D"
 \$B sleep 5
-/gio \$D seqwrite 256 1048576
-/gio \$D seqread 256 1048576
-/gio \$D randwrite 3000 1048576
-/gio \$D randread 3000 1048576
+/gio \$D seqwrite $SEQ_MIB 1048576
+/gio \$D seqread $SEQ_MIB 1048576
+/gio \$D randwrite $RAND_OPS 1048576
+/gio \$D randread $RAND_OPS 1048576
 exit 0
 EOF
 truncate -s 1M "$T/header.raw"
@@ -65,12 +67,14 @@ run_vmm() { # NAME COMMAND...: the guest's GUEST-IO lines and USS into $T/NAME.*
   local name=$1; shift
   setsid "$@" </dev/null >"$T/$name.out" 2>&1 &
   PID=$!
-  for _ in $(seq 3000); do grep -aq "^GUEST-READY" "$T/$name.out" && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  local end=$((SECONDS + 300))
+  while [ "$SECONDS" -lt "$end" ]; do grep -aq "^GUEST-READY" "$T/$name.out" && break; kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
   grep -aq "^GUEST-READY" "$T/$name.out" || { echo "$name: the guest did not get ready" >&2; tail -20 "$T/$name.out" >&2; exit 1; }
   sleep 3
   uss_kib "$PID" >"$T/$name.uss"
-  for _ in $(seq 6000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$PID" 2>/dev/null && { echo "$name: still running after 600 s" >&2; exit 1; }
+  end=$((SECONDS + 600))
+  while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$PID" 2>/dev/null && { echo "$name: still running after 600 s" >&2; tail -30 "$T/$name.out" >&2; exit 1; }
   wait "$PID" || true
   PID=
   [ "$(grep -ac "^GUEST-IO" "$T/$name.out")" = 4 ] || { echo "$name: the guest's I/O failed" >&2; tail -20 "$T/$name.out" >&2; exit 1; }

@@ -6,6 +6,7 @@
 #include "blockd/block.h"
 #include "blockd/nbd-uri.h"
 #include "common/error.h"
+#include "common/splice.h"
 #include "common/log.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -1355,14 +1356,52 @@ gboolean vmm_block_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *b
     return bs->drv->pread(bs, offset, bytes, buf, 0, error);
 }
 
-gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
-                            guint64 *pnum)
+gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, gboolean write, int *fd,
+                            guint64 *host_offset, guint64 *pnum)
 {
     if (bytes == 0 || offset > bs->size || bytes > bs->size - offset)
         return FALSE;
+    if (write && (bs->read_only || bs->detect_zeroes != VMM_DETECT_ZEROES_OFF ||
+                  (node_of(bs)->probed && offset < PROBE_BUF_SIZE)))
+        return FALSE;
     if (bs->drv->map_host)
-        return bs->drv->map_host(bs, offset, bytes, fd, host_offset, pnum);
-    return bs->drv->is_filter && bs->file && vmm_block_map_host(bs->file, offset, bytes, fd, host_offset, pnum);
+        return bs->drv->map_host(bs, offset, bytes, write, fd, host_offset, pnum);
+    return bs->drv->is_filter && bs->file &&
+           vmm_block_map_host(bs->file, offset, bytes, write, fd, host_offset, pnum);
+}
+
+gboolean vmm_block_pwrite_spliced(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *head,
+                                  gsize head_len, struct VmmSplicePipe *const *pipes, guint npipes, int flags,
+                                  GError **error)
+{
+    int fd;
+    guint64 host, pnum;
+    if (!check_request(bs, offset, bytes, TRUE, error))
+        return FALSE;
+    if (!vmm_block_map_host(bs, offset, bytes, TRUE, &fd, &host, &pnum) || pnum < bytes || head_len > bytes) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: write at offset %" G_GUINT64_FORMAT
+                    " cannot go to the host file directly", bs->filename, offset);
+        return FALSE;
+    }
+    if (head_len && !vmm_block_pwrite(bs, offset, head_len, head, 0, error))
+        return FALSE;
+    guint64 at = head_len;
+    for (guint i = 0; i < npipes; i++) {
+        gsize held = vmm_splice_pipe_held(pipes[i]);
+        if (held > bytes - at || !vmm_splice_drain_to_file(pipes[i], fd, host + at))
+            return vmm_set_errno(error, held > bytes - at ? EINVAL : errno,
+                                 "%s: write of %" G_GUINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT,
+                                 bs->filename, bytes, offset);
+        at += held;
+    }
+    if (at != bytes) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: write at offset %" G_GUINT64_FORMAT
+                    ": %" G_GUINT64_FORMAT " bytes of data for %" G_GUINT64_FORMAT, bs->filename, offset, at, bytes);
+        return FALSE;
+    }
+    if ((flags & VMM_BDRV_REQ_FUA) || node_of(bs)->writethrough)
+        return vmm_block_flush(bs, error);
+    return TRUE;
 }
 
 /* A probed raw image must not get a format header in sector 0 (a guest

@@ -152,12 +152,13 @@ struct VmmBlockDriver {
      * MAY_UNMAP and NO_FALLBACK always reach pwrite_zeroes. */
     int supported_write_flags;
     /* Where [OFFSET, OFFSET+BYTES) lies verbatim in a host file, so that a
-     * server can splice it to a socket without copying: *FD and *HOST_OFFSET
-     * for the first *PNUM bytes. FALSE: read it with pread (the data is
-     * transformed, not allocated here, or the fd is O_DIRECT). NULL: never;
-     * filters pass it down. */
-    gboolean (*map_host)(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
-                         guint64 *pnum);
+     * server can splice it between the file and a socket without copying:
+     * *FD and *HOST_OFFSET for the first *PNUM bytes; WRITE: for writing it
+     * (in place, nothing to allocate). FALSE: go through pread/pwrite (the
+     * data is transformed, not allocated here, or the fd is O_DIRECT).
+     * NULL: never; filters pass it down. */
+    gboolean (*map_host)(VmmBlockDev *bs, guint64 offset, guint64 bytes, gboolean write, int *fd,
+                         guint64 *host_offset, guint64 *pnum);
 };
 
 struct VmmBlockDev {
@@ -224,9 +225,19 @@ gssize vmm_block_compress_cluster(VmmBlockDev *bs, guint64 offset, guint64 bytes
 gboolean vmm_block_pwrite_precompressed(VmmBlockDev *bs, guint64 offset, guint64 bytes,
                                         const void *cdata, gsize clen, GError **error);
 gboolean vmm_block_flush(VmmBlockDev *bs, GError **error);
-/* See VmmBlockDriver.map_host; FALSE also for a request out of range. */
-gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
-                            guint64 *pnum);
+/* See VmmBlockDriver.map_host; FALSE also for a request out of range, and
+ * for WRITE where the generic layer has work to do on the data (read-only,
+ * detect-zeroes, the probed raw image's first sector). */
+gboolean vmm_block_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, gboolean write, int *fd,
+                            guint64 *host_offset, guint64 *pnum);
+/* A write of BYTES at OFFSET whose data is HEAD (HEAD_LEN bytes) followed by
+ * what PIPES hold, in order (common/splice.h), for a range that
+ * vmm_block_map_host(WRITE) maps in whole. The pipes are emptied (a failed
+ * one keeps bytes: free it). FUA and writethrough as vmm_block_pwrite. */
+struct VmmSplicePipe;
+gboolean vmm_block_pwrite_spliced(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *head,
+                                  gsize head_len, struct VmmSplicePipe *const *pipes, guint npipes, int flags,
+                                  GError **error);
 int vmm_block_status(VmmBlockDev *bs, guint64 offset, guint64 bytes, guint64 *pnum,
                      guint64 *map, VmmBlockDev **file, GError **error);
 /* Like vmm_block_status but looks down the backing chain: ALLOCATED means

@@ -456,12 +456,13 @@ static void file_close(VmmBlockDev *bs)
 
 /* Past the end of a regular file the map still holds: a splice stops at
  * EOF and the caller pads with zeroes, as file_pread does. */
-static gboolean file_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
-                              guint64 *pnum)
+static gboolean file_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, gboolean write, int *fd,
+                              guint64 *host_offset, guint64 *pnum)
 {
     FileState *s = bs->opaque;
     if (s->open_flags & O_DIRECT)
         return FALSE;
+    (void)write;   /* the generic layer checked the range is inside the file */
     *fd = s->fd;
     *host_offset = offset;
     *pnum = bytes;

@@ -130,7 +130,8 @@ struct NbdConn {
     /* writers */
     GMutex send_lock;
     gboolean send_failed;
-    GPtrArray *pipes;   /* VmmSplicePipe* free for a zero-copy read (under lock) */
+    GPtrArray *pipes;   /* VmmSplicePipe* free for zero-copy reads and writes (under lock) */
+    guint pipes_out;    /* pipes held by WRITE requests (under lock) */
     gboolean no_splice; /* splice failed once on this connection: buffers only */
 };
 
@@ -138,7 +139,9 @@ typedef struct {
     guint16 flags, type;
     guint64 cookie, offset;
     guint32 length;
-    guint8 *payload; /* WRITE data */
+    guint8 *payload; /* WRITE data (with pipes: the part read before them) */
+    gsize payload_len;
+    GPtrArray *pipes; /* WRITE data after payload, by reference (VmmSplicePipe*) */
 } NbdRequest;
 
 /* ======================================================================
@@ -1159,12 +1162,12 @@ static void conn_put_pipe(NbdConn *conn, VmmSplicePipe *p)
     g_mutex_unlock(&conn->lock);
 }
 
-typedef enum { SPLICE_NOT_DONE, SPLICE_SENT, SPLICE_READ_ERROR } SpliceResult;
+typedef enum { SPLICE_NOT_DONE, SPLICE_DONE, SPLICE_FAILED } SpliceResult;
 
 /* Sends HDR and the data of [OFFSET, OFFSET+LEN) from the image's host file
  * without a copy in between, if the export maps there (raw on a file,
  * without O_DIRECT) and the connection is a plain socket. SPLICE_NOT_DONE:
- * nothing was sent, use a buffer; SPLICE_READ_ERROR: nothing was sent,
+ * nothing was sent, use a buffer; SPLICE_FAILED: nothing was sent,
  * the file's errno in *ERR. */
 static SpliceResult send_spliced(NbdConn *conn, struct iovec *hdr, int nhdr, guint64 offset, guint64 len,
                                  int *err)
@@ -1172,7 +1175,7 @@ static SpliceResult send_spliced(NbdConn *conn, struct iovec *hdr, int nhdr, gui
     int fd;
     guint64 host, pnum;
     if (conn->tls || conn->no_splice || len < SPLICE_MIN_READ ||
-        !vmm_block_map_host(conn->exp->bs, offset, len, &fd, &host, &pnum) || pnum < len)
+        !vmm_block_map_host(conn->exp->bs, offset, len, FALSE, &fd, &host, &pnum) || pnum < len)
         return SPLICE_NOT_DONE;
     VmmSplicePipe *p = conn_take_pipe(conn);
     if (!p)
@@ -1186,7 +1189,7 @@ static SpliceResult send_spliced(NbdConn *conn, struct iovec *hdr, int nhdr, gui
             conn->no_splice = TRUE;
             return SPLICE_NOT_DONE;
         }
-        return SPLICE_READ_ERROR;
+        return SPLICE_FAILED;
     }
     g_mutex_lock(&conn->send_lock);
     if (!conn->send_failed && !vmm_splice_send(p, conn->fd, hdr, nhdr, fd, host, len, (gsize)filled)) {
@@ -1196,7 +1199,7 @@ static SpliceResult send_spliced(NbdConn *conn, struct iovec *hdr, int nhdr, gui
     }
     g_mutex_unlock(&conn->send_lock);
     conn_put_pipe(conn, p);
-    return SPLICE_SENT;
+    return SPLICE_DONE;
 }
 
 static void send_read_error(NbdConn *conn, NbdRequest *req, int err)
@@ -1217,8 +1220,8 @@ static void do_read_simple(NbdConn *conn, NbdRequest *req)
     struct iovec hiov = { hdr, sizeof(hdr) };
     int ferr = 0;
     switch (send_spliced(conn, &hiov, 1, req->offset, req->length, &ferr)) {
-    case SPLICE_SENT: return;
-    case SPLICE_READ_ERROR: return send_read_error(conn, req, ferr);
+    case SPLICE_DONE: return;
+    case SPLICE_FAILED: return send_read_error(conn, req, ferr);
     case SPLICE_NOT_DONE: break;
     }
     g_autofree guint8 *buf = g_try_malloc(MAX(req->length, 1));
@@ -1253,8 +1256,8 @@ static void do_read_structured(NbdConn *conn, NbdRequest *req)
         struct iovec hiov = { h, sizeof(h) };
         int ferr = 0;
         switch (send_spliced(conn, &hiov, 1, req->offset, req->length, &ferr)) {
-        case SPLICE_SENT: return;
-        case SPLICE_READ_ERROR: return send_read_error(conn, req, ferr);
+        case SPLICE_DONE: return;
+        case SPLICE_FAILED: return send_read_error(conn, req, ferr);
         case SPLICE_NOT_DONE: break;
         }
     }
@@ -1290,11 +1293,34 @@ static void do_read_structured(NbdConn *conn, NbdRequest *req)
     conn_send(conn, iov, niov);
 }
 
+/* Gives a WRITE's pipes back (emptied) to the connection's pool. */
+static void conn_put_request_pipes(NbdConn *conn, NbdRequest *req)
+{
+    if (!req->pipes)
+        return;
+    g_mutex_lock(&conn->lock);
+    conn->pipes_out -= req->pipes->len;
+    g_mutex_unlock(&conn->lock);
+    for (guint i = 0; i < req->pipes->len; i++)
+        conn_put_pipe(conn, req->pipes->pdata[i]);
+    g_ptr_array_set_free_func(req->pipes, NULL);
+    g_ptr_array_free(req->pipes, TRUE);
+    req->pipes = NULL;
+}
+
 static void do_write(NbdConn *conn, NbdRequest *req)
 {
     g_autoptr(GError) err = NULL;
     int flags = (req->flags & NBD_CMD_FLAG_FUA) ? VMM_BDRV_REQ_FUA : 0;
-    if (req->length && !vmm_block_pwrite(conn->exp->bs, req->offset, req->length, req->payload, flags, &err))
+    gboolean ok;
+    if (req->pipes) {
+        ok = vmm_block_pwrite_spliced(conn->exp->bs, req->offset, req->length, req->payload, req->payload_len,
+                                      (VmmSplicePipe *const *)req->pipes->pdata, req->pipes->len, flags, &err);
+        conn_put_request_pipes(conn, req);
+    } else {
+        ok = !req->length || vmm_block_pwrite(conn->exp->bs, req->offset, req->length, req->payload, flags, &err);
+    }
+    if (!ok)
         return send_gerror(conn, req, err, 0);
     send_simple_reply(conn, req, 0, NULL, 0);
 }
@@ -1462,6 +1488,8 @@ static void request_execute(NbdConn *conn, NbdRequest *req)
 
 static void request_free(NbdRequest *req)
 {
+    if (req->pipes)
+        g_ptr_array_free(req->pipes, TRUE);
     g_free(req->payload);
     g_free(req);
 }
@@ -1672,6 +1700,54 @@ static void conn_wait_capacity(NbdConn *conn, guint64 cost)
     g_mutex_unlock(&conn->lock);
 }
 
+/* At most this many pipes per connection hold WRITE data at once (each is
+ * two fds and up to 1 MiB of pages); past it, payloads go to buffers. */
+#define MAX_WRITE_PIPES 64
+
+/* Reads a large WRITE's payload into pipes, by reference, where it can go to
+ * the host file by splice (vmm_block_pwrite_spliced): what the read buffer
+ * holds already becomes the payload's head. SPLICE_DONE: read;
+ * SPLICE_NOT_DONE: nothing read, use a buffer; SPLICE_FAILED: the
+ * connection failed (*ERROR). */
+static SpliceResult read_write_payload_spliced(NbdConn *conn, NbdRequest *req, GError **error)
+{
+    int fd;
+    guint64 host, pnum;
+    if (conn->tls || conn->no_splice || req->length < SPLICE_MIN_READ ||
+        !vmm_block_map_host(conn->exp->bs, req->offset, req->length, TRUE, &fd, &host, &pnum) ||
+        pnum < req->length)
+        return SPLICE_NOT_DONE;
+    g_mutex_lock(&conn->lock);
+    gboolean room = conn->pipes_out + 4 <= MAX_WRITE_PIPES;
+    g_mutex_unlock(&conn->lock);
+    if (!room)
+        return SPLICE_NOT_DONE;
+    gsize head = MIN(conn->rlen - conn->rpos, (gsize)req->length);
+    req->payload = g_memdup2(conn->rbuf + conn->rpos, MAX(head, 1));
+    req->payload_len = head;
+    conn->rpos += head;
+    req->pipes = g_ptr_array_new_with_free_func((GDestroyNotify)vmm_splice_pipe_free);
+    gsize rest = req->length - head;
+    while (rest > 0) {
+        VmmSplicePipe *p = conn_take_pipe(conn);
+        if (!p) {
+            g_set_error(error, VMM_ERROR, VMM_ERROR_FAILED, "%s: no pipe for a write's data", conn->label);
+            return SPLICE_FAILED;
+        }
+        g_ptr_array_add(req->pipes, p);
+        g_mutex_lock(&conn->lock);
+        conn->pipes_out++;
+        g_mutex_unlock(&conn->lock);
+        gssize n = vmm_splice_recv(p, conn->fd, rest);
+        if (n < 0) {
+            vmm_set_errno(error, errno, "%s: receiving a write's data", conn->label);
+            return SPLICE_FAILED;
+        }
+        rest -= (gsize)n;
+    }
+    return SPLICE_DONE;
+}
+
 /* Reads a WRITE's payload, or for one over the limit reads past it. Returns
  * FALSE when the client must be disconnected. */
 static gboolean read_write_payload(NbdConn *conn, NbdRequest *req, guint32 *nbd_errno, const char **why,
@@ -1689,6 +1765,11 @@ static gboolean read_write_payload(NbdConn *conn, NbdRequest *req, guint32 *nbd_
     }
     if (*nbd_errno)
         return conn_discard(conn, req->length, error);
+    switch (read_write_payload_spliced(conn, req, error)) {
+    case SPLICE_DONE: return TRUE;
+    case SPLICE_FAILED: return FALSE;
+    case SPLICE_NOT_DONE: break;
+    }
     req->payload = g_try_malloc(MAX(req->length, 1));
     if (!req->payload) {
         *nbd_errno = NBD_ENOMEM;

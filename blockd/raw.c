@@ -91,10 +91,10 @@ static gboolean raw_pread(VmmBlockDev *bs, guint64 offset, guint64 bytes, void *
     return vmm_block_pread(bs->file, offset + raw_off(bs), bytes, buf, error);
 }
 
-static gboolean raw_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, int *fd, guint64 *host_offset,
-                             guint64 *pnum)
+static gboolean raw_map_host(VmmBlockDev *bs, guint64 offset, guint64 bytes, gboolean write, int *fd,
+                             guint64 *host_offset, guint64 *pnum)
 {
-    return vmm_block_map_host(bs->file, offset + raw_off(bs), bytes, fd, host_offset, pnum);
+    return vmm_block_map_host(bs->file, offset + raw_off(bs), bytes, write, fd, host_offset, pnum);
 }
 
 static gboolean raw_pwrite(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *buf, int flags,

@@ -244,3 +244,78 @@ gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr
     p->broken = !ok;
     return guard_end(&g, ok);
 }
+
+gsize vmm_splice_pipe_held(const VmmSplicePipe *p)
+{
+    return p->held;
+}
+
+static gboolean socket_readable_now(int sock)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    return poll(&pfd, 1, 0) > 0;
+}
+
+static gboolean wait_readable(int sock)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    for (;;) {
+        int r = poll(&pfd, 1, -1);
+        if (r > 0)
+            return TRUE;
+        if (r < 0 && errno != EINTR)
+            return FALSE;
+    }
+}
+
+gssize vmm_splice_recv(VmmSplicePipe *p, int sock, gsize len)
+{
+    gsize done = 0;
+    while (done < len) {
+        /* Non-blocking: a full pipe must not block us, its only reader. It
+         * makes the socket side non-blocking too, hence the poll. */
+        ssize_t n = splice(sock, NULL, p->wr, NULL, len - done, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            if (socket_readable_now(sock)) {
+                if (p->held > 0)
+                    break;   /* data waits, so the pipe is what is full */
+                continue;    /* it came just now */
+            }
+            if (!wait_readable(sock))
+                return done > 0 ? (gssize)done : -1;
+            continue;
+        }
+        if (n == 0) {
+            if (done > 0)
+                break;
+            errno = ECONNRESET;
+            return -1;
+        }
+        if (n < 0)
+            return done > 0 ? (gssize)done : -1;
+        done += (gsize)n;
+        p->held += (gsize)n;
+    }
+    return (gssize)done;
+}
+
+gboolean vmm_splice_drain_to_file(VmmSplicePipe *p, int fd, guint64 offset)
+{
+    while (p->held > 0) {
+        loff_t off = (loff_t)offset;
+        ssize_t n = splice(p->rd, NULL, fd, &off, p->held, SPLICE_F_MOVE);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = ENOSPC;
+            p->broken = TRUE;
+            return FALSE;
+        }
+        p->held -= (gsize)n;
+        offset += (guint64)n;
+    }
+    return TRUE;
+}

@@ -41,3 +41,18 @@ gboolean vmm_splice_send(VmmSplicePipe *p, int sock, const struct iovec *hdr, in
  * broken and P must not be used again). */
 gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr,
                              const struct iovec *iov, unsigned niov);
+
+/* ---- Receiving: socket to pipe to file ---- */
+
+/* Bytes P holds. */
+gsize vmm_splice_pipe_held(const VmmSplicePipe *p);
+
+/* Moves up to LEN bytes from the blocking socket SOCK into P, by reference
+ * where the sender's pages allow (vmm_splice_send_iov's), until P is full
+ * or LEN bytes came. Returns the bytes moved (0: P was full already), or -1
+ * with errno; ECONNRESET when the stream ended. */
+gssize vmm_splice_recv(VmmSplicePipe *p, int sock, gsize len);
+
+/* Writes everything P holds to FD at OFFSET (the one copy, into the page
+ * cache). FALSE with errno (P still holds the rest: free it). */
+gboolean vmm_splice_drain_to_file(VmmSplicePipe *p, int fd, guint64 offset);

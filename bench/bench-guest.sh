@@ -72,9 +72,25 @@ run_vmm() { # NAME COMMAND...: the guest's GUEST-IO lines and USS into $T/NAME.*
   grep -aq "^GUEST-READY" "$T/$name.out" || { echo "$name: the guest did not get ready" >&2; tail -20 "$T/$name.out" >&2; exit 1; }
   sleep 3
   uss_kib "$PID" >"$T/$name.uss"
-  end=$((SECONDS + 600))
-  while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$PID" 2>/dev/null && { echo "$name: still running after 600 s" >&2; tail -30 "$T/$name.out" >&2; exit 1; }
+  # Until it exits, as long as the guest makes progress (a GUEST-IO line
+  # at least every 300 s); a stuck VMM gets its threads' stacks dumped.
+  local last=0 n
+  end=$((SECONDS + 300))
+  while [ "$SECONDS" -lt "$end" ]; do
+    kill -0 "$PID" 2>/dev/null || break
+    n=$(grep -ac "^GUEST-IO" "$T/$name.out" || true)
+    [ "$n" != "$last" ] && { last=$n; end=$((SECONDS + 300)); }
+    sleep 0.5
+  done
+  if kill -0 "$PID" 2>/dev/null; then
+    echo "$name: no progress for 300 s after $last GUEST-IO lines; its threads:" >&2
+    for p in $(ps -e -o pid=,sid= | awk -v s="$PID" '$2 == s { print $1 }'); do
+      echo "--- $(cat "/proc/$p/comm") $p" >&2
+      gdb -p "$p" -batch -ex "thread apply all bt 12" 2>/dev/null | grep -E "^#|^Thread" | head -80 >&2 || true
+    done
+    tail -30 "$T/$name.out" >&2
+    exit 1
+  fi
   wait "$PID" || true
   PID=
   [ "$(grep -ac "^GUEST-IO" "$T/$name.out")" = 4 ] || { echo "$name: the guest's I/O failed" >&2; tail -20 "$T/$name.out" >&2; exit 1; }

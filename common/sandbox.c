@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <sys/sysinfo.h>
 #include <seccomp.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/prctl.h>
 
@@ -111,10 +112,12 @@ static const char *const group_wait[] = {
 };
 
 /* ioctl, mmap and eventfd2 are in base; this group names what a vCPU or
- * irqfd user needs beyond that, so a profile can say so explicitly. */
+ * irqfd user needs beyond that, so a profile can say so explicitly; and
+ * seccomp, with which each vCPU thread narrows its own list further
+ * (vmm_sandbox_restrict_thread: a filter can only take calls away). */
 static const char *const group_kvm[] = {
     "ioctl", "mmap", "munmap", "eventfd2", "mlock", "mlock2", "munlock",
-    "mbind", "set_mempolicy", "get_mempolicy",
+    "mbind", "set_mempolicy", "get_mempolicy", "seccomp",
     NULL
 };
 
@@ -776,6 +779,50 @@ static void sandbox_fix_malloc_arenas(void)
     mallopt(M_ARENA_MAX, 8 * (cpus > 0 ? cpus : 1));
 }
 
+static gboolean sandbox_filter_loaded;
+
+static const char *const vcpu_thread_denied[] = {
+    "clone", "clone3", "fork", "vfork", "execve", "execveat",
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "pipe", "pipe2", "memfd_create", "splice", "vmsplice", "tee",
+    "ptrace", "process_vm_readv", "process_vm_writev",
+    NULL
+};
+
+const char *const *vmm_vcpu_thread_denied(void)
+{
+    return vcpu_thread_denied;
+}
+
+gboolean vmm_sandbox_restrict_thread(const char *what, const char *const *denied, GError **error)
+{
+    if (!sandbox_filter_loaded)
+        return TRUE;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_FAILED, "sandbox '%s': seccomp_init failed", what);
+        return FALSE;
+    }
+    uint32_t kill = sandbox_kill_action();
+    int rc = 0;
+    for (const char *const *c = denied; *c && rc == 0; c++) {
+        int nr = seccomp_syscall_resolve_name(*c);
+        if (nr != __NR_SCMP_ERROR)
+            rc = seccomp_rule_add(ctx, kill, nr, 0);
+    }
+    /* No code made at run time on this thread: W^X for its own mappings. */
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, kill, SCMP_SYS(mmap), 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, PROT_EXEC));
+    if (rc == 0)
+        rc = seccomp_rule_add(ctx, kill, SCMP_SYS(mprotect), 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, PROT_EXEC));
+    if (rc == 0)
+        rc = seccomp_load(ctx);   /* this thread only: no TSYNC */
+    seccomp_release(ctx);
+    if (rc != 0)
+        return sandbox_fail_rc(error, rc, what, "loading the thread's seccomp filter");
+    return TRUE;
+}
+
 gboolean vmm_sandbox_enter(const VmmSandboxProfile *profile,
                            const VmmSandboxPolicy *policy, GError **error)
 {
@@ -797,7 +844,10 @@ gboolean vmm_sandbox_enter(const VmmSandboxProfile *profile,
         return TRUE;
     }
     sandbox_fix_malloc_arenas();
-    return sandbox_load_filter(profile, policy, error);
+    if (!sandbox_load_filter(profile, policy, error))
+        return FALSE;
+    sandbox_filter_loaded = TRUE;
+    return TRUE;
 }
 
 /* ---- state -------------------------------------------------------------------- */

@@ -63,6 +63,17 @@ char *vmm_sandbox_dump(const VmmSandboxProfile *profile, const VmmSandboxPolicy 
 gboolean vmm_sandbox_enter(const VmmSandboxProfile *profile,
                            const VmmSandboxPolicy *policy, GError **error);
 
+/* Narrows the calling thread's allowlist (the process's filter stays for the
+ * others): the calls the thread's job never needs die as a forbidden call
+ * would: every call of vmm_vcpu_thread_denied(), and mmap/mprotect asking
+ * for executable memory. Does nothing when vmm_sandbox_enter loaded no
+ * filter (sandbox off). */
+gboolean vmm_sandbox_restrict_thread(const char *what, const char *const *denied, GError **error);
+/* What a vCPU thread never does: make threads, processes or sockets, exec,
+ * open pipes or memfds, splice, trace. Its work (KVM_RUN, MMIO and port
+ * handlers, console writes, eventfd and irq signalling, logging) needs none. */
+const char *const *vmm_vcpu_thread_denied(void);
+
 /* This process's state from /proc/self/status:
  * {"seccomp":0|2,"no_new_privs":bool,"cap_eff":"0000000000000000"} */
 JsonObject *vmm_sandbox_state_self(void);

@@ -11,6 +11,7 @@
 #include "vcpu-worker/vm.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/sandbox.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -374,6 +375,11 @@ static gpointer vcpu_thread(gpointer data)
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    g_autoptr(GError) restrict_err = NULL;
+    if (!vmm_sandbox_restrict_thread("vcpu-worker vCPU thread", vmm_vcpu_thread_denied(), &restrict_err)) {
+        machine_end(m, VMM_MACHINE_END_ERROR, restrict_err->message);
+        return NULL;
+    }
     for (;;) {
         wait_while_paused(m);
         if (g_atomic_int_get(&m->ended))

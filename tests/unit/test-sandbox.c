@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -26,6 +28,7 @@
 
 static const char *const profile_base[] = { "base", NULL };
 static const char *const profile_base_fs[] = { "base", "fs-read", NULL };
+static const char *const profile_kvm[] = { "base", "kvm", NULL };
 static const char *const profile_spawner[] = { "base", "spawn", "wait", NULL };
 static const char *const profile_spawner_fs[] = { "base", "fs-read", "spawn", "wait", NULL };
 
@@ -187,6 +190,58 @@ static int body_pthread(void)
     pthread_join(t, NULL);
     return mark == 42 ? 0 : 3;
 }
+
+/* A thread with the vCPU thread's narrower list does ACTION (after the
+ * process-wide filter allowed it for every thread). */
+typedef enum { VCPU_PIPE, VCPU_EXEC_MAP, VCPU_ALLOWED_WORK } VcpuAction;
+
+static void *vcpu_like_thread(void *arg)
+{
+    VcpuAction action = (VcpuAction)GPOINTER_TO_INT(arg);
+    GError *error = NULL;
+    if (!vmm_sandbox_restrict_thread("test vCPU thread", vmm_vcpu_thread_denied(), &error)) {
+        child_say("%s\n", error->message);
+        return GINT_TO_POINTER(4);
+    }
+    int fds[2];
+    switch (action) {
+    case VCPU_PIPE:
+        return GINT_TO_POINTER(pipe2(fds, O_CLOEXEC) == 0 ? 5 : 6);
+    case VCPU_EXEC_MAP: {
+        void *m = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return GINT_TO_POINTER(m == MAP_FAILED ? 6 : 5);
+    }
+    case VCPU_ALLOWED_WORK: {
+        /* What a vCPU thread does: memory, eventfds, writes, locks. */
+        void *m = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        int efd = eventfd(0, EFD_CLOEXEC);
+        guint64 one = 1;
+        gboolean ok = m != MAP_FAILED && mprotect(m, 4096, PROT_READ) == 0 && efd >= 0 &&
+                      write(efd, &one, sizeof(one)) == sizeof(one);
+        g_free(g_malloc(100000));
+        return GINT_TO_POINTER(ok ? 0 : 7);
+    }
+    }
+    return GINT_TO_POINTER(8);
+}
+
+static int run_vcpu_like(VcpuAction action)
+{
+    pthread_t t;
+    void *ret = NULL;
+    if (pthread_create(&t, NULL, vcpu_like_thread, GINT_TO_POINTER(action)) != 0)
+        return 2;
+    pthread_join(t, &ret);
+    /* The other threads keep the process's list: pipes are allowed here. */
+    int fds[2];
+    if (GPOINTER_TO_INT(ret) == 0 && pipe2(fds, O_CLOEXEC) != 0)
+        return 9;
+    return GPOINTER_TO_INT(ret);
+}
+
+static int body_vcpu_pipe(void) { return run_vcpu_like(VCPU_PIPE); }
+static int body_vcpu_exec_map(void) { return run_vcpu_like(VCPU_EXEC_MAP); }
+static int body_vcpu_work(void) { return run_vcpu_like(VCPU_ALLOWED_WORK); }
 
 static int body_setuid(void)
 {
@@ -848,6 +903,19 @@ static void test_denied_call_kills(void)
                             run_sandboxed("on", profile_base, body_ustat));
 }
 
+static void test_vcpu_thread(void)
+{
+    assert_killed_by_sigsys("pipe2 on a vCPU thread", run_sandboxed("on", profile_kvm, body_vcpu_pipe));
+    assert_killed_by_sigsys("PROT_EXEC mmap on a vCPU thread", run_sandboxed("on", profile_kvm, body_vcpu_exec_map));
+    assert_exited_ok("a vCPU thread's own work", run_sandboxed("on", profile_kvm, body_vcpu_work));
+    /* With the sandbox off there is no filter to narrow: the pipe is made. */
+    int st = run_sandboxed("off", profile_kvm, body_vcpu_pipe);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 5)) {
+        g_autofree char *d = describe_status(st);
+        g_test_fail_printf("pipe2 on a vCPU thread with the sandbox off: child %s", d);
+    }
+}
+
 static void test_obsolete_allow(void)
 {
     assert_exited_ok("ustat under obsolete=allow",
@@ -939,6 +1007,7 @@ int main(int argc, char **argv)
     g_test_add_func("/sandbox/state/parse", test_state_parse);
     g_test_add_func("/sandbox/filter/denied-kills", test_denied_call_kills);
     g_test_add_func("/sandbox/filter/obsolete-allow", test_obsolete_allow);
+    g_test_add_func("/sandbox/filter/vcpu-thread", test_vcpu_thread);
     g_test_add_func("/sandbox/filter/spawn", test_spawn);
     g_test_add_func("/sandbox/filter/elevateprivileges", test_elevateprivileges);
     g_test_add_func("/sandbox/filter/resourcecontrol", test_resourcecontrol);

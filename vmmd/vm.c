@@ -167,6 +167,12 @@ static void on_guest_reset_done(Vmmd *d, const GError *error, gpointer user)
 {
     if (!error)
         return;
+    if (d->quitting) {
+        /* vmmd began to quit (a signal, quit) while the reset was on its way:
+         * vcpu-worker going away is expected then, not a failure. */
+        vmm_info("guest reset not done: vmmd is shutting down (%s)", error->message);
+        return;
+    }
     vmm_error("cannot reset the guest: %s", error->message);
     d->guest_state = VMM_GUEST_ENDED;
     d->exit_code = 1;
@@ -178,6 +184,10 @@ static void on_guest_reset_done(Vmmd *d, const GError *error, gpointer user)
 static void guest_reset(Vmmd *d, const char *reason)
 {
     vmm_notice("the guest asked for a reset (%s)", reason);
+    if (d->quitting) {
+        vmm_info("guest reset ignored: vmmd is shutting down");
+        return;
+    }
     if (d->config->vm->no_reboot) {
         d->guest_state = VMM_GUEST_ENDED;
         vmmd_request_quit(d, "guest-reset");

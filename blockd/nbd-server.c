@@ -1969,8 +1969,7 @@ gboolean nbd_server_serve_fd(NbdServer *server, int fd, GError **error)
     conn->tls_creds = server->tls_creds ? nbd_tls_creds_ref(server->tls_creds) : NULL;
     conn->tls_authz = g_strdupv(server->tls_authz);
     conn->workers = server->workers;
-    /* VMM_NO_SPLICE=1: buffers only, to measure what splicing brings. */
-    conn->no_splice = g_strcmp0(g_getenv("VMM_NO_SPLICE"), "1") == 0;
+    conn->no_splice = !vmm_splice_enabled();
     if (server->handshake_timeout)
         conn->deadline = g_get_monotonic_time() + (gint64)server->handshake_timeout * G_USEC_PER_SEC;
     server->conns = g_list_prepend(server->conns, conn);

@@ -23,6 +23,11 @@ struct VmmSplicePipe {
     gboolean broken;
 };
 
+gboolean vmm_splice_enabled(void)
+{
+    return g_strcmp0(g_getenv("VMM_SPLICE"), "1") == 0;
+}
+
 VmmSplicePipe *vmm_splice_pipe_new(GError **error)
 {
     int fds[2];

@@ -156,7 +156,7 @@ VmmBlkNbd *vmm_blk_nbd_new(const char *name)
     c->max_len = NBD_MAX_PAYLOAD;
     c->complete = vmm_virtio_blk_complete;
     c->handshake_timeout_ms = HANDSHAKE_TIMEOUT_MS;
-    c->no_splice = g_strcmp0(g_getenv("VMM_NO_SPLICE"), "1") == 0;   /* as blockd's */
+    c->no_splice = !vmm_splice_enabled();
     c->to_send = g_async_queue_new_full(g_free);
     c->writer = g_thread_new("blk-nbd-tx", writer_thread, c);
     return c;

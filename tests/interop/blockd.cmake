@@ -1,6 +1,7 @@
 # blockd standalone against real NBD clients. Included from tests/interop/CMakeLists.txt.
 if(COMMAND vmm_interop_test)
   vmm_interop_test(blockd-cli ${CMAKE_CURRENT_LIST_DIR}/test-blockd-cli.sh TIMEOUT 300)
+  vmm_interop_test(blockd-cli-splice ${CMAKE_CURRENT_LIST_DIR}/test-blockd-cli.sh TIMEOUT 300 ENV VMM_SPLICE=1)
 endif()
 
 # The Linux kernel's NBD client, in the guest test rig's L1.

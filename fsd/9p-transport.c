@@ -1,7 +1,10 @@
 /* The socket side of fsd: listeners and connections on a libuv loop. Each
  * connection reassembles messages from the stream and hands them to its
- * FsdConn; replies come back from worker threads through a queue and an
- * uv_async, and are written on the loop. A message larger than msize is
+ * FsdConn. A worker writes its reply to the socket itself when nothing is
+ * waiting to go out before it (no hop to the loop, no copy); the rest of a
+ * reply that did not fit goes through a queue and an uv_async and is
+ * written on the loop, and so is every reply after it until the queue and
+ * the loop's writes are done. A message larger than msize is
  * answered Rlerror(EMSGSIZE) and skipped, so the stream stays in step. */
 #include "fsd/9p-transport.h"
 #include "common/error.h"
@@ -37,6 +40,8 @@ typedef struct Client {
     guint32 discard;           /* bytes of an oversize message still to skip */
     GMutex out_lock;
     GQueue out;                /* GBytes replies from the workers */
+    guint loop_writes;         /* uv_writes not completed (under out_lock) */
+    int fd;                    /* the stream's fd, for direct sends; -1 once closing */
     gboolean reading, closing;
     int handles_open;
 } Client;
@@ -119,6 +124,9 @@ static void client_close(Client *cl)
     cl->closing = TRUE;
     /* After this no worker sends to the client any more. */
     fsd_conn_close(cl->conn);
+    g_mutex_lock(&cl->out_lock);
+    cl->fd = -1;
+    g_mutex_unlock(&cl->out_lock);
     cl->conn = NULL;
     uv_close(&cl->s.handle, client_handle_closed);
     uv_close((uv_handle_t *)&cl->wake, client_handle_closed);
@@ -142,6 +150,9 @@ static void on_write_done(uv_write_t *req, int status)
     Client *cl = w->client;
     g_bytes_unref(w->bytes);
     g_free(w);
+    g_mutex_lock(&cl->out_lock);
+    cl->loop_writes--;
+    g_mutex_unlock(&cl->out_lock);
     if (status < 0) {
         client_close(cl);
         return;
@@ -156,6 +167,10 @@ static void on_wake(uv_async_t *a)
     for (;;) {
         g_mutex_lock(&cl->out_lock);
         GBytes *b = g_queue_pop_head(&cl->out);
+        /* Counted before the lock is let go, so that no worker sends
+         * directly ahead of it. */
+        if (b && !cl->closing)
+            cl->loop_writes++;
         g_mutex_unlock(&cl->out_lock);
         if (!b)
             break;
@@ -172,19 +187,46 @@ static void on_wake(uv_async_t *a)
         if (uv_write(&w->req, &cl->s.stream, &buf, 1, on_write_done) < 0) {
             g_bytes_unref(b);
             g_free(w);
+            g_mutex_lock(&cl->out_lock);
+            cl->loop_writes--;
+            g_mutex_unlock(&cl->out_lock);
             client_close(cl);
         }
     }
 }
 
-/* From any thread (FsdSendFunc). */
+/* As much of MSG as the socket takes now, without blocking: bytes sent. */
+static gsize send_now(int fd, const guint8 *msg, gsize len)
+{
+    gsize done = 0;
+    while (done < len) {
+        ssize_t n = send(fd, msg + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == ENOTSOCK)
+            n = write(fd, msg + done, len - done);   /* a pipe handed to serve_fd */
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;   /* full, or broken: the loop's write finds out which */
+        done += (gsize)n;
+    }
+    return done;
+}
+
+/* From any thread (FsdSendFunc), under the connection's lock, which
+ * fsd_conn_close takes too: once the client closes, nothing comes here, so
+ * the fd is still ours. */
 static void client_send(FsdConn *c, const guint8 *msg, gsize len, gpointer user)
 {
     Client *cl = user;
     g_mutex_lock(&cl->out_lock);
-    g_queue_push_tail(&cl->out, g_bytes_new(msg, len));
+    gsize done = 0;
+    if (cl->fd >= 0 && cl->loop_writes == 0 && g_queue_is_empty(&cl->out))
+        done = send_now(cl->fd, msg, len);
+    if (done < len)
+        g_queue_push_tail(&cl->out, g_bytes_new(msg + done, len - done));
     g_mutex_unlock(&cl->out_lock);
-    uv_async_send(&cl->wake);
+    if (done < len)
+        uv_async_send(&cl->wake);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -293,6 +335,7 @@ static Client *client_new(FsdServer *s)
 {
     Client *cl = g_new0(Client, 1);
     cl->server = s;
+    cl->fd = -1;
     cl->in = g_byte_array_new();
     g_mutex_init(&cl->out_lock);
     g_queue_init(&cl->out);
@@ -305,6 +348,8 @@ static gboolean client_start(FsdServer *s, Client *cl, GError **error)
     uv_async_init(s->loop, &cl->wake, on_wake);
     cl->wake.data = cl;
     cl->handles_open = 2;
+    uv_os_fd_t fd;
+    cl->fd = uv_fileno(&cl->s.handle, &fd) == 0 ? fd : -1;
     cl->conn = fsd_conn_new(s->e, client_send, cl);
     s->clients = g_list_prepend(s->clients, cl);
     int rc = uv_read_start(&cl->s.stream, on_alloc, on_read);

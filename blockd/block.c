@@ -1383,8 +1383,18 @@ gboolean vmm_block_pwrite_spliced(VmmBlockDev *bs, guint64 offset, guint64 bytes
                     " cannot go to the host file directly", bs->filename, offset);
         return FALSE;
     }
-    if (head_len && !vmm_block_pwrite(bs, offset, head_len, head, 0, error))
-        return FALSE;
+    /* The head goes to the same mapped range as the pipes (not through
+     * vmm_block_pwrite, which would flush a writethrough node once more). */
+    for (gsize done = 0; done < head_len;) {
+        ssize_t n = pwrite(fd, (const guint8 *)head + done, head_len - done, (off_t)(host + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return vmm_set_errno(error, n < 0 ? errno : ENOSPC,
+                                 "%s: write of %" G_GUINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT,
+                                 bs->filename, bytes, offset);
+        done += (gsize)n;
+    }
     guint64 at = head_len;
     for (guint i = 0; i < npipes; i++) {
         gsize held = vmm_splice_pipe_held(pipes[i]);

@@ -1162,52 +1162,51 @@ static void conn_put_pipe(NbdConn *conn, VmmSplicePipe *p)
     g_mutex_unlock(&conn->lock);
 }
 
-typedef enum { SPLICE_NOT_DONE, SPLICE_DONE, SPLICE_FAILED } SpliceResult;
-
-/* Sends HDR and the data of [OFFSET, OFFSET+LEN) from the image's host file
- * without a copy in between, if the export maps there (raw on a file,
- * without O_DIRECT) and the connection is a plain socket. SPLICE_NOT_DONE:
- * nothing was sent, use a buffer; SPLICE_FAILED: nothing was sent,
- * the file's errno in *ERR. */
-static SpliceResult send_spliced(NbdConn *conn, struct iovec *hdr, int nhdr, guint64 offset, guint64 len,
-                                 int *err)
-{
-    int fd;
-    guint64 host, pnum;
-    if (conn->tls || conn->no_splice || len < SPLICE_MIN_READ ||
-        !vmm_block_map_host(conn->exp->bs, offset, len, FALSE, &fd, &host, &pnum) || pnum < len)
-        return SPLICE_NOT_DONE;
-    VmmSplicePipe *p = conn_take_pipe(conn);
-    if (!p)
-        return SPLICE_NOT_DONE;
-    gssize filled = vmm_splice_fill(p, fd, host, len);
-    if (filled < 0) {
-        *err = errno;
-        gboolean unsupported = errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP;
-        conn_put_pipe(conn, p);
-        if (unsupported) {
-            conn->no_splice = TRUE;
-            return SPLICE_NOT_DONE;
-        }
-        return SPLICE_FAILED;
-    }
-    g_mutex_lock(&conn->send_lock);
-    if (!conn->send_failed && !vmm_splice_send(p, conn->fd, hdr, nhdr, fd, host, len, (gsize)filled)) {
-        conn->send_failed = TRUE;
-        vmm_debug("%s: zero-copy read reply: %s", conn->label, g_strerror(errno));
-        shutdown(conn->fd, SHUT_RDWR);
-    }
-    g_mutex_unlock(&conn->send_lock);
-    conn_put_pipe(conn, p);
-    return SPLICE_DONE;
-}
-
 static void send_read_error(NbdConn *conn, NbdRequest *req, int err)
 {
     g_autoptr(GError) gerr = NULL;
     vmm_set_errno(&gerr, err, "%s: read of %u bytes at offset %" G_GUINT64_FORMAT, conn->exp->bs->filename,
                   req->length, req->offset);
     send_gerror(conn, req, gerr, 0);
+}
+
+/* Answers READ REQ with HDR (its reply header, HDR_LEN bytes) and the data
+ * straight from the image's host file, without a copy in between, if the
+ * export maps there (raw on a file, without O_DIRECT) and the connection is
+ * a plain socket; a read error of the file gets the error reply. FALSE:
+ * nothing was sent, answer through a buffer. */
+static gboolean reply_spliced(NbdConn *conn, NbdRequest *req, void *hdr, gsize hdr_len)
+{
+    int fd;
+    guint64 host, pnum;
+    if (conn->tls || conn->no_splice || req->length < SPLICE_MIN_READ ||
+        !vmm_block_map_host(conn->exp->bs, req->offset, req->length, FALSE, &fd, &host, &pnum) ||
+        pnum < req->length)
+        return FALSE;
+    VmmSplicePipe *p = conn_take_pipe(conn);
+    if (!p)
+        return FALSE;
+    gssize filled = vmm_splice_fill(p, fd, host, req->length);
+    if (filled < 0) {
+        int err = errno;
+        conn_put_pipe(conn, p);
+        if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP) {
+            conn->no_splice = TRUE;
+            return FALSE;
+        }
+        send_read_error(conn, req, err);
+        return TRUE;
+    }
+    struct iovec hiov = { hdr, hdr_len };
+    g_mutex_lock(&conn->send_lock);
+    if (!conn->send_failed && !vmm_splice_send(p, conn->fd, &hiov, 1, fd, host, req->length, (gsize)filled)) {
+        conn->send_failed = TRUE;
+        vmm_debug("%s: zero-copy read reply: %s", conn->label, g_strerror(errno));
+        shutdown(conn->fd, SHUT_RDWR);
+    }
+    g_mutex_unlock(&conn->send_lock);
+    conn_put_pipe(conn, p);
+    return TRUE;
 }
 
 static void do_read_simple(NbdConn *conn, NbdRequest *req)
@@ -1217,13 +1216,8 @@ static void do_read_simple(NbdConn *conn, NbdRequest *req)
     put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
     put_be32(hdr + 4, 0);
     put_be64(hdr + 8, req->cookie);
-    struct iovec hiov = { hdr, sizeof(hdr) };
-    int ferr = 0;
-    switch (send_spliced(conn, &hiov, 1, req->offset, req->length, &ferr)) {
-    case SPLICE_DONE: return;
-    case SPLICE_FAILED: return send_read_error(conn, req, ferr);
-    case SPLICE_NOT_DONE: break;
-    }
+    if (reply_spliced(conn, req, hdr, sizeof(hdr)))
+        return;
     g_autofree guint8 *buf = g_try_malloc(MAX(req->length, 1));
     if (!buf)
         return send_error(conn, req, NBD_ENOMEM, "out of memory");
@@ -1253,13 +1247,8 @@ static void do_read_structured(NbdConn *conn, NbdRequest *req)
         guint8 h[28];
         put_chunk_header(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req->cookie, 8 + req->length);
         put_be64(h + 20, req->offset);
-        struct iovec hiov = { h, sizeof(h) };
-        int ferr = 0;
-        switch (send_spliced(conn, &hiov, 1, req->offset, req->length, &ferr)) {
-        case SPLICE_DONE: return;
-        case SPLICE_FAILED: return send_read_error(conn, req, ferr);
-        case SPLICE_NOT_DONE: break;
-        }
+        if (reply_spliced(conn, req, h, sizeof(h)))
+            return;
     }
     g_autofree guint8 *buf = g_try_malloc(req->length);
     if (!buf)
@@ -1699,6 +1688,8 @@ static void conn_wait_capacity(NbdConn *conn, guint64 cost)
     conn->inflight_bytes += cost;
     g_mutex_unlock(&conn->lock);
 }
+
+typedef enum { SPLICE_NOT_DONE, SPLICE_DONE, SPLICE_FAILED } SpliceResult;
 
 /* At most this many pipes per connection hold WRITE data at once (each is
  * two fds and up to 1 MiB of pages); past it, payloads go to buffers. */

@@ -82,9 +82,10 @@ gssize vmm_splice_fill(VmmSplicePipe *p, int fd, guint64 offset, guint64 len)
     return (gssize)done;
 }
 
-static gboolean wait_writable(int sock)
+/* Blocks until SOCK is ready for EVENTS (POLLIN or POLLOUT). */
+static gboolean wait_for(int sock, short events)
 {
-    struct pollfd pfd = { .fd = sock, .events = POLLOUT };
+    struct pollfd pfd = { .fd = sock, .events = events };
     for (;;) {
         int r = poll(&pfd, 1, -1);
         if (r > 0)
@@ -101,7 +102,7 @@ static gboolean send_iov_all(int sock, struct iovec *iov, int niov, gboolean mor
         ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN && wait_writable(sock))
+        if (n < 0 && errno == EAGAIN && wait_for(sock, POLLOUT))
             continue;
         if (n < 0)
             return FALSE;
@@ -117,7 +118,7 @@ static gboolean drain(VmmSplicePipe *p, int sock, gboolean more)
         ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, more ? SPLICE_F_MORE : 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN && wait_writable(sock))
+        if (n < 0 && errno == EAGAIN && wait_for(sock, POLLOUT))
             continue;
         if (n <= 0) {
             if (n == 0)
@@ -261,18 +262,6 @@ static gboolean socket_readable_now(int sock)
     return poll(&pfd, 1, 0) > 0;
 }
 
-static gboolean wait_readable(int sock)
-{
-    struct pollfd pfd = { .fd = sock, .events = POLLIN };
-    for (;;) {
-        int r = poll(&pfd, 1, -1);
-        if (r > 0)
-            return TRUE;
-        if (r < 0 && errno != EINTR)
-            return FALSE;
-    }
-}
-
 gssize vmm_splice_recv(VmmSplicePipe *p, int sock, gsize len)
 {
     gsize done = 0;
@@ -288,7 +277,7 @@ gssize vmm_splice_recv(VmmSplicePipe *p, int sock, gsize len)
                     break;   /* data waits, so the pipe is what is full */
                 continue;    /* it came just now */
             }
-            if (!wait_readable(sock))
+            if (!wait_for(sock, POLLIN))
                 return done > 0 ? (gssize)done : -1;
             continue;
         }

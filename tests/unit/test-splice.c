@@ -45,6 +45,22 @@ static int make_file(guint8 **content, char **path)
     return fd;
 }
 
+static VmmSplicePipe *new_pipe(void)
+{
+    g_autoptr(GError) err = NULL;
+    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+    g_assert_no_error(err);
+    return p;
+}
+
+static void drop_file(int fd, char *path, guint8 *content)
+{
+    close(fd);
+    g_unlink(path);
+    g_free(path);
+    g_free(content);
+}
+
 /* Sends [OFFSET, OFFSET+LEN) of the file after a 16-byte header and checks
  * what arrives: the header, the file's bytes, zeroes past its end. */
 static void check_range(int fd, const guint8 *content, guint64 offset, guint64 len)
@@ -56,9 +72,7 @@ static void check_range(int fd, const guint8 *content, guint64 offset, guint64 l
     Reader r = { sv[1], sizeof(hdr) + len, g_malloc(sizeof(hdr) + len) };
     GThread *t = g_thread_new("reader", read_all, &r);
 
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
-    g_assert_no_error(err);
+    VmmSplicePipe *p = new_pipe();
     gssize filled = vmm_splice_fill(p, fd, offset, len);
     g_assert_cmpint(filled, >=, 0);
     struct iovec iov = { hdr, sizeof(hdr) };
@@ -91,10 +105,7 @@ static void test_ranges(void)
     check_range(fd, content, 12345, 2 * 1024 * 1024 + 77);  /* more than a pipe */
     check_range(fd, content, FILE_BYTES - 5000, 70000);     /* past the end: zeroes */
     check_range(fd, content, FILE_BYTES + 4096, 8192);      /* wholly past the end */
-    close(fd);
-    g_unlink(path);
-    g_free(path);
-    g_free(content);
+    drop_file(fd, path, content);
 }
 
 /* A file opened write-only cannot be read: the error comes from the fill,
@@ -106,18 +117,13 @@ static void test_fill_error(void)
     int fd = make_file(&content, &path);
     int wfd = open(path, O_WRONLY | O_CLOEXEC);
     g_assert_cmpint(wfd, >=, 0);
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
-    g_assert_no_error(err);
+    VmmSplicePipe *p = new_pipe();
     g_assert_cmpint(vmm_splice_fill(p, wfd, 0, 65536), ==, -1);
     g_assert_cmpint(errno, ==, EBADF);
     g_assert_true(vmm_splice_pipe_reusable(p));
     vmm_splice_pipe_free(p);
     close(wfd);
-    close(fd);
-    g_unlink(path);
-    g_free(path);
-    g_free(content);
+    drop_file(fd, path, content);
 }
 
 /* The peer went away: the send fails and the pipe is not used again. */
@@ -129,8 +135,7 @@ static void test_send_error(void)
     int sv[2];
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
     close(sv[1]);
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+    VmmSplicePipe *p = new_pipe();
     gssize filled = vmm_splice_fill(p, fd, 0, 1024 * 1024);
     g_assert_cmpint(filled, >, 0);
     guint8 hdr[4] = { 0 };
@@ -139,10 +144,7 @@ static void test_send_error(void)
     g_assert_false(vmm_splice_pipe_reusable(p));
     vmm_splice_pipe_free(p);
     close(sv[0]);
-    close(fd);
-    g_unlink(path);
-    g_free(path);
-    g_free(content);
+    drop_file(fd, path, content);
 }
 
 static gpointer read_header_and_close(gpointer data)
@@ -165,8 +167,7 @@ static void test_peer_gone_mid_reply(void)
     int sv[2];
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
     GThread *t = g_thread_new("reader", read_header_and_close, GINT_TO_POINTER(sv[1]));
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+    VmmSplicePipe *p = new_pipe();
     gssize filled = vmm_splice_fill(p, fd, 0, 1024 * 1024);
     guint8 hdr[4] = { 0 };
     struct iovec iov = { hdr, sizeof(hdr) };
@@ -177,10 +178,7 @@ static void test_peer_gone_mid_reply(void)
     g_assert_false(sigismember(&pending, SIGPIPE));
     vmm_splice_pipe_free(p);
     close(sv[0]);
-    close(fd);
-    g_unlink(path);
-    g_free(path);
-    g_free(content);
+    drop_file(fd, path, content);
 }
 
 /* Memory by reference: pieces of odd sizes and alignments, more than a pipe. */
@@ -203,9 +201,7 @@ static void test_send_iov(void)
     memset(hdr, 0x5a, sizeof(hdr));
     Reader r = { sv[1], sizeof(hdr) + total, g_malloc(sizeof(hdr) + total) };
     GThread *t = g_thread_new("reader", read_all, &r);
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
-    g_assert_no_error(err);
+    VmmSplicePipe *p = new_pipe();
     struct iovec h = { hdr, sizeof(hdr) };
     g_assert_true(vmm_splice_send_iov(p, sv[0], &h, 1, iov, G_N_ELEMENTS(iov)));
     g_assert_true(vmm_splice_pipe_reusable(p));
@@ -236,8 +232,7 @@ static gpointer send_mem(gpointer data)
     Sender *snd = data;
     struct iovec hdr = { (void *)snd->mem, 0 };
     if (snd->by_reference) {
-        g_autoptr(GError) err = NULL;
-        VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+        VmmSplicePipe *p = new_pipe();
         struct iovec iov = { (void *)snd->mem, snd->len };
         g_assert_true(vmm_splice_send_iov(p, snd->sock, &hdr, 0, &iov, 1));
         vmm_splice_pipe_free(p);
@@ -265,8 +260,7 @@ static void check_recv_to_file(gboolean by_reference)
     guint64 at = 5000;
     gsize got = 0;
     while (got < len) {
-        g_autoptr(GError) err = NULL;
-        VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+        VmmSplicePipe *p = new_pipe();
         gssize n = vmm_splice_recv(p, sv[1], len - got);
         g_assert_cmpint(n, >=, 0);
         g_assert_cmpuint(vmm_splice_pipe_held(p), ==, (gsize)n);
@@ -281,8 +275,7 @@ static void check_recv_to_file(gboolean by_reference)
     g_assert_cmpmem(back, len, mem, len);
     /* The sender is done: the next receive finds the end of the stream. */
     close(sv[0]);
-    g_autoptr(GError) err = NULL;
-    VmmSplicePipe *p = vmm_splice_pipe_new(&err);
+    VmmSplicePipe *p = new_pipe();
     g_assert_cmpint(vmm_splice_recv(p, sv[1], 10), ==, -1);
     g_assert_cmpint(errno, ==, ECONNRESET);
     vmm_splice_pipe_free(p);

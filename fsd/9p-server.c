@@ -280,13 +280,18 @@ static void send_locked(FsdConn *c, const P9Fcall *f)
         return;
     g_autoptr(GByteArray) out = g_byte_array_new();
     g_autoptr(GError) err = NULL;
-    if (!p9_encode(f, c->msize, out, &err)) {
+    guint32 data_len = 0;
+    if (!p9_encode_head(f, c->msize, out, &data_len, &err)) {
         vmm_warn("9p: reply %s to tag %u: %s", p9_type_name(f->type), f->tag, err->message);
         P9Fcall e = { .type = P9_RLERROR, .tag = f->tag, .ecode = EMSGSIZE };
         if (!p9_encode(&e, G_MAXUINT32, out, NULL))
             return;
     }
-    c->send(c, out->data, out->len, c->user);
+    struct iovec iov[2] = {
+        { .iov_base = out->data, .iov_len = out->len },
+        { .iov_base = (void *)f->data, .iov_len = data_len },
+    };
+    c->send(c, iov, data_len ? 2 : 1, c->user);
 }
 
 static void send_error_locked(FsdConn *c, guint16 tag, int err)
@@ -421,8 +426,13 @@ void fsd_conn_refuse_oversize(FsdConn *c, guint8 type, guint16 tag, guint32 size
 
 void fsd_conn_receive(FsdConn *c, const guint8 *msg, gsize len)
 {
+    fsd_conn_receive_take(c, g_memdup2(msg, len ? len : 1), len);
+}
+
+void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
+{
     Req *r = g_new0(Req, 1);
-    r->buf = g_memdup2(msg, len ? len : 1);
+    r->buf = msg;
     r->len = len;
     g_autoptr(GError) err = NULL;
     if (!p9_decode(r->buf, len, &r->in, &err)) {

@@ -1,6 +1,8 @@
 /* The socket side of fsd: listeners and connections on a libuv loop. Each
  * connection reassembles messages from the stream and hands them to its
- * FsdConn. A worker writes its reply to the socket itself when nothing is
+ * FsdConn: once a message's size is known the rest of it is read straight
+ * into a buffer of its own, which the FsdConn takes (a Twrite's data is
+ * copied out of the socket once, then written). A worker writes its reply to the socket itself when nothing is
  * waiting to go out before it (no hop to the loop, no copy); the rest of a
  * reply that did not fit goes through a queue and an uv_async and is
  * written on the loop, and so is every reply after it until the queue and
@@ -8,6 +10,7 @@
  * answered Rlerror(EMSGSIZE) and skipped, so the stream stays in step. */
 #include "fsd/9p-transport.h"
 #include "common/error.h"
+#include "common/iov.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -18,6 +21,8 @@
 
 /* Stop reading from a client that does not read its replies. */
 #define WRITE_QUEUE_HIGH (16u << 20)
+/* Reads of what may hold several small messages. */
+#define STAGE_SIZE 16384
 
 typedef union {
     uv_handle_t handle;
@@ -36,7 +41,10 @@ typedef struct Client {
     uv_async_t wake;
     FsdServer *server;
     FsdConn *conn;
-    GByteArray *in;
+    GByteArray *in;            /* bytes read that do not yet make a message */
+    guint8 stage[STAGE_SIZE];
+    guint8 *msg;               /* a message being read into its own buffer */
+    guint32 msg_size, msg_have;
     guint32 discard;           /* bytes of an oversize message still to skip */
     GMutex out_lock;
     GQueue out;                /* GBytes replies from the workers */
@@ -109,6 +117,7 @@ static void client_handle_closed(uv_handle_t *h)
     FsdServer *s = cl->server;
     s->clients = g_list_remove(s->clients, cl);
     g_byte_array_unref(cl->in);
+    g_free(cl->msg);
     g_queue_clear_full(&cl->out, (GDestroyNotify)g_bytes_unref);
     g_mutex_clear(&cl->out_lock);
     g_free(cl);
@@ -195,44 +204,58 @@ static void on_wake(uv_async_t *a)
     }
 }
 
-/* As much of MSG as the socket takes now, without blocking: bytes sent. */
-static gsize send_now(int fd, const guint8 *msg, gsize len)
+/* As much of IOV as the socket takes now, without blocking; IOV is
+ * consumed. Returns how many buffers are left. */
+static unsigned send_now(int fd, struct iovec **iov, unsigned niov)
 {
-    gsize done = 0;
-    while (done < len) {
-        ssize_t n = send(fd, msg + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (niov > 0) {
+        struct msghdr m = { .msg_iov = *iov, .msg_iovlen = niov };
+        ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == ENOTSOCK)
-            n = write(fd, msg + done, len - done);   /* a pipe handed to serve_fd */
+            n = writev(fd, *iov, (int)niov);   /* a pipe handed to serve_fd */
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;   /* full, or broken: the loop's write finds out which */
-        done += (gsize)n;
+        niov = vmm_iov_consume(iov, niov, (size_t)n);
     }
-    return done;
+    return niov;
+}
+
+static GBytes *iov_to_bytes(const struct iovec *iov, unsigned niov)
+{
+    GByteArray *b = g_byte_array_new();
+    for (unsigned i = 0; i < niov; i++)
+        g_byte_array_append(b, iov[i].iov_base, (guint)iov[i].iov_len);
+    return g_byte_array_free_to_bytes(b);
 }
 
 /* From any thread (FsdSendFunc), under the connection's lock, which
  * fsd_conn_close takes too: once the client closes, nothing comes here, so
  * the fd is still ours. */
-static void client_send(FsdConn *c, const guint8 *msg, gsize len, gpointer user)
+static void client_send(FsdConn *c, const struct iovec *msg, unsigned niov, gpointer user)
 {
     Client *cl = user;
+    struct iovec *iov = g_newa(struct iovec, niov);
+    memcpy(iov, msg, niov * sizeof(*iov));
     g_mutex_lock(&cl->out_lock);
-    gsize done = 0;
+    unsigned left = niov;
     if (cl->fd >= 0 && cl->loop_writes == 0 && g_queue_is_empty(&cl->out))
-        done = send_now(cl->fd, msg, len);
-    if (done < len)
-        g_queue_push_tail(&cl->out, g_bytes_new(msg + done, len - done));
+        left = send_now(cl->fd, &iov, niov);
+    if (left)
+        g_queue_push_tail(&cl->out, iov_to_bytes(iov, left));
     g_mutex_unlock(&cl->out_lock);
-    if (done < len)
+    if (left)
         uv_async_send(&cl->wake);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    buf->base = g_malloc(65536);
-    buf->len = 65536;
+    Client *cl = h->data;
+    if (cl->msg)
+        *buf = uv_buf_init((char *)cl->msg + cl->msg_have, cl->msg_size - cl->msg_have);
+    else
+        *buf = uv_buf_init((char *)cl->stage, sizeof(cl->stage));
 }
 
 static guint32 peek_le32(const guint8 *p)
@@ -272,8 +295,15 @@ static gboolean client_consume(Client *cl)
             cl->discard = size;
             continue;
         }
-        if (in->len - pos < size)
+        if (in->len - pos < size) {
+            /* The rest is read into the message's own buffer (on_alloc). */
+            cl->msg = g_malloc(size);
+            cl->msg_size = size;
+            cl->msg_have = in->len - (guint)pos;
+            memcpy(cl->msg, in->data + pos, cl->msg_have);
+            pos = in->len;
             break;
+        }
         fsd_conn_receive(cl->conn, in->data + pos, size);
         pos += size;
     }
@@ -281,19 +311,32 @@ static gboolean client_consume(Client *cl)
     return ok;
 }
 
+/* NREAD more bytes of the message in cl->msg. */
+static void message_filled(Client *cl, gsize nread)
+{
+    cl->msg_have += (guint32)nread;
+    if (cl->msg_have < cl->msg_size)
+        return;
+    guint8 *m = cl->msg;
+    cl->msg = NULL;
+    fsd_conn_receive_take(cl->conn, m, cl->msg_size);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     Client *cl = stream->data;
-    if (nread > 0)
+    gboolean direct = buf->base != (char *)cl->stage;
+    if (nread > 0 && direct)
+        message_filled(cl, (gsize)nread);
+    else if (nread > 0)
         g_byte_array_append(cl->in, (const guint8 *)buf->base, (guint)nread);
-    g_free(buf->base);
     if (nread < 0) {
         if (nread != UV_EOF)
             vmm_debug("9p: connection read: %s", uv_strerror((int)nread));
         client_close(cl);
         return;
     }
-    if (!client_consume(cl)) {
+    if (!direct && !client_consume(cl)) {
         client_close(cl);
         return;
     }

@@ -366,7 +366,8 @@ static void put_qid(GByteArray *o, const P9Qid *q)
     put_le64(o, q->path);
 }
 
-static gboolean put_field(GByteArray *o, const Field *fl, const P9Fcall *f, const char *what, GError **error)
+static gboolean put_field(GByteArray *o, const Field *fl, const P9Fcall *f, gboolean with_data, const char *what,
+                          GError **error)
 {
     const guint8 *base = (const guint8 *)f + fl->off;
     switch (fl->kind) {
@@ -417,7 +418,7 @@ static gboolean put_field(GByteArray *o, const Field *fl, const P9Fcall *f, cons
         return TRUE;
     case F_DATA:
         put_le32(o, f->count);
-        if (f->count)
+        if (f->count && with_data)
             g_byte_array_append(o, f->data, f->count);
         return TRUE;
     case F_END:
@@ -427,7 +428,10 @@ static gboolean put_field(GByteArray *o, const Field *fl, const P9Fcall *f, cons
     return FALSE;
 }
 
-gboolean p9_encode(const P9Fcall *f, guint32 max_size, GByteArray *out, GError **error)
+/* DATA is always a layout's last field, so leaving its bytes out leaves a
+ * head that the data follows on the wire. */
+static gboolean encode(const P9Fcall *f, guint32 max_size, gboolean with_data, GByteArray *out, guint32 *data_len,
+                       GError **error)
 {
     const Layout *l = find_layout(f->type);
     if (!l) {
@@ -438,13 +442,16 @@ gboolean p9_encode(const P9Fcall *f, guint32 max_size, GByteArray *out, GError *
     put_le32(out, 0);
     g_byte_array_append(out, &f->type, 1);
     put_le16(out, f->tag);
+    *data_len = 0;
     for (const Field *fl = l->fields; fl->kind != F_END; fl++) {
-        if (!put_field(out, fl, f, l->name, error)) {
+        if (!put_field(out, fl, f, with_data, l->name, error)) {
             g_byte_array_set_size(out, start);
             return FALSE;
         }
+        if (fl->kind == F_DATA && !with_data)
+            *data_len = f->count;
     }
-    gsize size = out->len - start;
+    gsize size = out->len - start + *data_len;
     if (size > max_size) {
         g_byte_array_set_size(out, start);
         g_set_error(error, VMM_ERROR, VMM_ERROR_TOO_BIG, "9p: %s of %zu bytes exceeds msize %u",
@@ -454,6 +461,17 @@ gboolean p9_encode(const P9Fcall *f, guint32 max_size, GByteArray *out, GError *
     guint32 le = GUINT32_TO_LE((guint32)size);
     memcpy(out->data + start, &le, 4);
     return TRUE;
+}
+
+gboolean p9_encode(const P9Fcall *f, guint32 max_size, GByteArray *out, GError **error)
+{
+    guint32 data_len;
+    return encode(f, max_size, TRUE, out, &data_len, error);
+}
+
+gboolean p9_encode_head(const P9Fcall *f, guint32 max_size, GByteArray *out, guint32 *data_len, GError **error)
+{
+    return encode(f, max_size, FALSE, out, data_len, error);
 }
 
 /* ---- readdir entries ---- */

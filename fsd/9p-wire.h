@@ -101,6 +101,10 @@ gboolean p9_decode(const guint8 *buf, gsize len, P9Fcall *f, GError **error);
  * cannot be encoded (string over 65535 bytes, more than 16 names). OUT is
  * left as it was on failure. */
 gboolean p9_encode(const P9Fcall *f, guint32 max_size, GByteArray *out, GError **error);
+/* The same without the bytes of F's data (Rread, Rreaddir, Twrite), whose
+ * count goes to *DATA_LEN (0 for other types): OUT gets the head, which
+ * F->data follows on the wire, and the size field counts both. */
+gboolean p9_encode_head(const P9Fcall *f, guint32 max_size, GByteArray *out, guint32 *data_len, GError **error);
 
 /* Rreaddir entries: qid[13] offset[8] type[1] name[s]. Appends to
  * BUF[*LEN..CAP); FALSE (nothing written) if it does not fit. */

@@ -9,6 +9,7 @@
 #include <glib.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 typedef enum {
     FSD_SM_PASSTHROUGH,   /* real ownership and modes (needs privileges) */
@@ -71,9 +72,11 @@ int fsd_export_rootfd(FsdExport *e);
 
 /* ---- connections (fsd/9p-server.c) ---- */
 typedef struct FsdConn FsdConn;
-/* Called from any thread with one complete reply; must not block for long
- * (queue it). Replies to different tags may come in any order. */
-typedef void (*FsdSendFunc)(FsdConn *c, const guint8 *msg, gsize len, gpointer user);
+/* Called from any thread with one complete reply in NIOV pieces (a head and
+ * the data of an Rread or Rreaddir, so the data is not copied on its way);
+ * must not block for long (queue it). Replies to different tags may come in
+ * any order. */
+typedef void (*FsdSendFunc)(FsdConn *c, const struct iovec *iov, unsigned niov, gpointer user);
 
 FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user);
 /* Largest message this connection accepts now (msize once negotiated). */
@@ -81,6 +84,8 @@ guint32 fsd_conn_msize(FsdConn *c);
 /* One complete message (LEN = its size field) from the peer. The buffer is
  * copied. Malformed messages get an Rlerror; nothing here fails. */
 void fsd_conn_receive(FsdConn *c, const guint8 *msg, gsize len);
+/* The same, taking MSG (g_malloc'd) instead of copying it. */
+void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len);
 /* The size field said SIZE, more than msize: answer Rlerror(EMSGSIZE) for
  * TAG (the caller discards the body). */
 void fsd_conn_refuse_oversize(FsdConn *c, guint8 type, guint16 tag, guint32 size);

@@ -13,10 +13,13 @@ typedef struct {
     GAsyncQueue *replies;   /* GBytes */
 } Sink;
 
-static void sink_send(FsdConn *c, const guint8 *msg, gsize len, gpointer user)
+static void sink_send(FsdConn *c, const struct iovec *iov, unsigned niov, gpointer user)
 {
     Sink *s = user;
-    g_async_queue_push(s->replies, g_bytes_new(msg, len));
+    GByteArray *b = g_byte_array_new();
+    for (unsigned i = 0; i < niov; i++)
+        g_byte_array_append(b, iov[i].iov_base, (guint)iov[i].iov_len);
+    g_async_queue_push(s->replies, g_byte_array_free_to_bytes(b));
 }
 
 typedef struct {

@@ -601,26 +601,41 @@ static gboolean sandbox_fail_rc(GError **error, int rc, const char *process, con
     return vmm_set_errno(error, rc < 0 ? -rc : EINVAL, "sandbox '%s': %s", process, what);
 }
 
-/* Drops every capability. The bounding set goes first, while CAP_SETPCAP
- * (needed to shrink it) is still held; ambient ones go explicitly because
- * they survive execve of unprivileged programs. */
-static gboolean sandbox_drop_capabilities(const char *process, GError **error)
+const unsigned vmm_file_caps[VMM_N_FILE_CAPS] = {
+    CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD,
+};
+
+/* Drops every capability but KEEP (those of them the process has: in the
+ * permitted and bounding sets, and effective when EFFECTIVE). The bounding
+ * set goes first, while CAP_SETPCAP (needed to shrink it) is still held;
+ * ambient ones go explicitly because they survive execve of unprivileged
+ * programs. */
+static gboolean sandbox_drop_capabilities(const char *process, const unsigned *keep, gsize nkeep,
+                                          gboolean effective, GError **error)
 {
     if (capng_get_caps_process() != 0) {
         return vmm_set_errno(error, errno ? errno : EPERM,
                              "sandbox '%s': reading capabilities", process);
     }
-    if (capng_have_capability(CAPNG_EFFECTIVE, CAP_SETPCAP)) {
-        capng_clear(CAPNG_SELECT_BOUNDS);
-        if (capng_apply(CAPNG_SELECT_BOUNDS) != 0) {
-            return vmm_set_errno(error, errno ? errno : EPERM,
-                                 "sandbox '%s': clearing the capability bounding set", process);
+    gboolean setpcap = capng_have_capability(CAPNG_EFFECTIVE, CAP_SETPCAP);
+    gboolean *have = g_newa(gboolean, nkeep + 1);
+    for (gsize i = 0; i < nkeep; i++) {
+        have[i] = capng_have_capability(CAPNG_PERMITTED, keep[i]);
+    }
+    capng_clear(setpcap ? CAPNG_SELECT_BOTH : CAPNG_SELECT_CAPS);
+    for (gsize i = 0; i < nkeep; i++) {
+        if (have[i]) {
+            capng_update(CAPNG_ADD, CAPNG_PERMITTED | (effective ? CAPNG_EFFECTIVE : 0) |
+                                    (setpcap ? CAPNG_BOUNDING_SET : 0), keep[i]);
         }
+    }
+    if (setpcap && capng_apply(CAPNG_SELECT_BOUNDS) != 0) {
+        return vmm_set_errno(error, errno ? errno : EPERM,
+                             "sandbox '%s': clearing the capability bounding set", process);
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) {
         return vmm_set_errno(error, errno, "sandbox '%s': clearing ambient capabilities", process);
     }
-    capng_clear(CAPNG_SELECT_CAPS);
     if (capng_apply(CAPNG_SELECT_CAPS) != 0) {
         return vmm_set_errno(error, errno ? errno : EPERM,
                              "sandbox '%s': dropping capabilities", process);
@@ -826,13 +841,19 @@ gboolean vmm_sandbox_restrict_thread(const char *what, const char *const *denied
 gboolean vmm_sandbox_enter(const VmmSandboxProfile *profile,
                            const VmmSandboxPolicy *policy, GError **error)
 {
+    return vmm_sandbox_enter_keeping(profile, policy, NULL, 0, FALSE, error);
+}
+
+gboolean vmm_sandbox_enter_keeping(const VmmSandboxProfile *profile, const VmmSandboxPolicy *policy,
+                                   const unsigned *caps, gsize ncaps, gboolean effective, GError **error)
+{
     const char *process = profile->process ? profile->process : "?";
 
     /* Check the profile first so a typo fails before anything is dropped. */
     if (!sandbox_check_profile(profile, error)) {
         return FALSE;
     }
-    if (!sandbox_drop_capabilities(process, error)) {
+    if (!sandbox_drop_capabilities(process, caps, ncaps, effective, error)) {
         return FALSE;
     }
     /* Always, not only for elevateprivileges=children: it also binds every

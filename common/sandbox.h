@@ -62,6 +62,18 @@ char *vmm_sandbox_dump(const VmmSandboxProfile *profile, const VmmSandboxPolicy 
  * POLICY->enabled. Call from a single-threaded point or rely on TSYNC. */
 gboolean vmm_sandbox_enter(const VmmSandboxProfile *profile,
                            const VmmSandboxPolicy *policy, GError **error);
+/* The same, keeping those of CAPS (NCAPS CAP_* numbers) that the process
+ * has, in its permitted and bounding sets and, when EFFECTIVE, in its
+ * effective set. Kept but not effective, they pass to a program a root
+ * process execs (no_new_privs caps it at what the parent permits) and to
+ * nothing else. */
+gboolean vmm_sandbox_enter_keeping(const VmmSandboxProfile *profile, const VmmSandboxPolicy *policy,
+                                   const unsigned *caps, gsize ncaps, gboolean effective, GError **error);
+/* What a file server needs for real ownership and modes (QEMU's
+ * virtfs-proxy-helper kept the same): CAP_CHOWN, CAP_DAC_OVERRIDE,
+ * CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD. */
+#define VMM_N_FILE_CAPS 6
+extern const unsigned vmm_file_caps[VMM_N_FILE_CAPS];
 
 /* Narrows the calling thread's allowlist (the process's filter stays for the
  * others): the calls the thread's job never needs die as a forbidden call

@@ -8,6 +8,7 @@
  *   {"id":N,"command":"spawn","args":{"argv":[...]}} + fds -> {"id":N,"return":{"pid":P}}
  * The fds of the request become fds 3, 4, ... of the new process. */
 #include "vmmd/vmmd.h"
+#include "vmmd/fsdev-run.h"
 #include "common/error.h"
 #include "common/fdpass.h"
 #include "common/log.h"
@@ -120,14 +121,21 @@ VmmSandboxPolicy vmm_spawner_policy(const VmmSandboxPolicy *vm_policy)
     return own;
 }
 
-static G_NORETURN void spawner_main(int sock, const VmmSandboxPolicy *policy)
+/* KEEP_FILE_CAPS: an fsd it starts serves security_model=passthrough, for
+ * which it needs the file capabilities; they can only come from here (a
+ * root exec under no_new_privs gets no more than its parent permits), so
+ * the spawner keeps them permitted, not effective. Other helpers drop them
+ * on entering their sandbox. */
+static G_NORETURN void spawner_main(int sock, const VmmSandboxPolicy *policy, gboolean keep_file_caps)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     prctl(PR_SET_NAME, "vmmd-spawner");
     vmm_log_init("vmmd-spawner");
     VmmSandboxPolicy own = vmm_spawner_policy(policy);
     g_autoptr(GError) err = NULL;
-    if (own.enabled && !vmm_sandbox_enter(vmm_profile_spawner(), &own, &err)) {
+    gsize ncaps = keep_file_caps ? VMM_N_FILE_CAPS : 0;
+    if (own.enabled &&
+        !vmm_sandbox_enter_keeping(vmm_profile_spawner(), &own, vmm_file_caps, ncaps, FALSE, &err)) {
         vmm_error("sandbox: %s", err->message);
         _exit(1);
     }
@@ -212,7 +220,7 @@ gboolean vmm_spawner_start(Vmmd *d, GError **error)
     }
     if (pid == 0) {
         close(sv[0]);
-        spawner_main(sv[1], &d->config->sandbox);
+        spawner_main(sv[1], &d->config->sandbox, vmm_fsdev_needs_passthrough(d));
     }
     close(sv[1]);
     d->spawner_pid = pid;

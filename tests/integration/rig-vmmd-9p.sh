@@ -4,10 +4,9 @@
 #   mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt
 # with -virtfs (security_model=mapped-xattr), with the long form -fsdev
 # local,...  -device virtio-9p-device,... and with -fsdev local,socket=PATH to
-# an fsd started on its own (fsd --listen unix:PATH). Not here:
-# passthrough through vmmd (under -sandbox on the spawner drops every
-# capability before it starts helpers, so fsd cannot chown;
-# tests/interop/rig-fsd-kernel.sh covers passthrough with standalone fsd). The guest creates, writes, appends, truncates,
+# an fsd started on its own (fsd --listen unix:PATH), and with
+# security_model=passthrough under -sandbox on (the spawner keeps the file
+# capabilities for fsd alone, so the guest's chown is the host's). The guest creates, writes, appends, truncates,
 # renames across directories, links, symlinks, chmods and chowns, makes a fifo,
 # lists a directory of 300 entries and reads a host-made file; the host then
 # checks the export: contents, and the representation of the security model
@@ -91,6 +90,10 @@ run_guest() { # LABEL SHARE-OPTIONS...
   echo "$label: the guest ran for $((SECONDS - t0)) s"
   tr -d '\r' <"$T/out" >"$T/console"
   [ $rc -eq 0 ] || fail "$label: vmmd exited $rc"
+  if grep -aq "guest-triple-fault" "$T/console"; then
+    grep -a -m1 -B5 -A40 -E "BUG|Oops|panic|general protection|RIP:" "$T/console" >&2 || true
+    fail "$label: the guest triple-faulted (its kernel's last words above, if any)"
+  fi
   grep -aq "^GUEST-9P-MOUNT-FAILED" "$T/console" && fail "$label: the guest could not mount the share"
   [ "$(guest GUEST-HOSTFILE-MD5)" = "$HOST_MD5" ] || fail "$label: the guest read the host's file as '$(guest GUEST-HOSTFILE-MD5)'"
   return 0
@@ -149,6 +152,17 @@ run_guest "long-form" -device virtio-9p-device,id=p9,fsdev=L,mount_tag=share \
 check_tree "long-form" "$E/l"
 [ "$(xattr_u32 "$E/l/c/g" user.virtfs.uid)" = 1234 ] || fail "long-form: user.virtfs.uid of c/g is not 1234"
 echo "long-form: -fsdev local,... -device virtio-9p-device,... mounts and serves the same tree"
+
+# passthrough under -sandbox on: real owners, modes and special files on the host.
+MANY=30
+make_export "$E/p"
+run_guest "passthrough" -virtfs "local,path=$E/p,mount_tag=share,security_model=passthrough"
+check_tree "passthrough" "$E/p"
+[ "$(stat -c '%u %g %a' "$E/p/c/g")" = "1234 5678 640" ] ||
+  fail "passthrough: the host's owner and mode of c/g are '$(stat -c '%u %g %a' "$E/p/c/g")'"
+[ -p "$E/p/c/fifo" ] || fail "passthrough: the fifo is not a fifo on the host"
+grep -aq "lacks .* file capabilities" "$T/out" && fail "passthrough: fsd started without its capabilities"
+echo "passthrough: the guest's owners, modes and fifo are the host's (-sandbox on)"
 
 # socket=PATH: an fsd started on its own serves the export; vmmd starts no fsd.
 make_export "$E/s"

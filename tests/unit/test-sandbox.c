@@ -990,6 +990,45 @@ static void test_state_in_sandbox(void)
     assert_exited_ok("socket under off", run_sandboxed("off", profile_base, body_socket));
 }
 
+/* vmm_sandbox_enter_keeping as the spawner uses it: the file capabilities
+ * kept permitted but not effective, everything else gone from the bounding
+ * set; a program the process then execs (root, no_new_privs) has exactly
+ * those six effective, which is how fsd gets them. */
+static void test_keep_caps(void)
+{
+    if (geteuid() != 0) {
+        g_test_skip("needs root (capabilities to keep)");
+        return;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    g_assert_cmpint(pid, >=, 0);
+    if (pid == 0) {
+        child_prepare();
+        VmmSandboxPolicy policy;
+        VmmSandboxProfile profile = { "test-child", profile_base_fs };
+        GError *error = NULL;
+        if (!vmm_sandbox_policy_parse("off", &policy, &error) ||
+            !vmm_sandbox_enter_keeping(&profile, &policy, vmm_file_caps, VMM_N_FILE_CAPS, FALSE, &error)) {
+            child_say("%s\n", error->message);
+            _exit(CHILD_ENTER_FAILED);
+        }
+        g_autoptr(JsonObject) st = vmm_sandbox_state_self();
+        if (!st || !caps_all_zero(json_object_get_string_member(st, "cap_eff"))) {
+            _exit(2);
+        }
+        if (prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN, 0, 0, 0) != 0 || prctl(PR_CAPBSET_READ, CAP_CHOWN, 0, 0, 0) != 1) {
+            _exit(3);
+        }
+        /* CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID (bits 0-4) and MKNOD (27). */
+        execl("/bin/sh", "sh", "-c", "grep -q '^CapEff:[[:space:]]*000000000800001f$' /proc/self/status || "
+              "{ grep ^Cap /proc/self/status >&2; exit 4; }", (char *)NULL);
+        _exit(5);
+    }
+    assert_exited_ok("keeping the file capabilities", wait_child_bounded(pid));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1014,5 +1053,6 @@ int main(int argc, char **argv)
     g_test_add_func("/sandbox/filter/open-eacces", test_open_without_fs_read);
     g_test_add_func("/sandbox/filter/helper-work", test_helper_work_under_base);
     g_test_add_func("/sandbox/filter/state", test_state_in_sandbox);
+    g_test_add_func("/sandbox/keep-caps", test_keep_caps);
     return g_test_run();
 }

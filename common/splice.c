@@ -23,9 +23,17 @@ struct VmmSplicePipe {
     gboolean broken;
 };
 
+static gint splice_forced = -1;
+
 gboolean vmm_splice_enabled(void)
 {
-    return g_strcmp0(g_getenv("VMM_SPLICE"), "1") == 0;
+    gint forced = g_atomic_int_get(&splice_forced);
+    return forced >= 0 ? forced : g_strcmp0(g_getenv("VMM_SPLICE"), "1") == 0;
+}
+
+void vmm_splice_force(gint on)
+{
+    g_atomic_int_set(&splice_forced, on);
 }
 
 VmmSplicePipe *vmm_splice_pipe_new(GError **error)
@@ -249,6 +257,54 @@ gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr
     gboolean ok = splice_send_iov(p, sock, hdr, nhdr, iov, niov);
     p->broken = !ok;
     return guard_end(&g, ok);
+}
+
+static gssize drain_now(VmmSplicePipe *p, int sock)
+{
+    gsize done = 0;
+    while (p->held > 0) {
+        ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EPIPE;
+            p->broken = TRUE;
+            return -1;
+        }
+        p->held -= (gsize)n;
+        done += (gsize)n;
+    }
+    return (gssize)done;
+}
+
+gssize vmm_splice_drain_now(VmmSplicePipe *p, int sock)
+{
+    PipeSignalGuard g;
+    guard_begin(&g);
+    gssize n = drain_now(p, sock);
+    guard_end(&g, n >= 0);
+    return n;
+}
+
+gboolean vmm_splice_pipe_read(VmmSplicePipe *p, void *buf, gsize len)
+{
+    guint8 *b = buf;
+    while (len > 0 && p->held > 0) {
+        ssize_t n = read(p->rd, b, MIN(len, p->held));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            p->broken = TRUE;
+            return FALSE;
+        }
+        b += n;
+        len -= (gsize)n;
+        p->held -= (gsize)n;
+    }
+    return len == 0;
 }
 
 gsize vmm_splice_pipe_held(const VmmSplicePipe *p)

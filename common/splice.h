@@ -23,6 +23,9 @@ typedef struct VmmSplicePipe VmmSplicePipe;
  * lost L1 to kernel crashes and a hang more often than runs without, and
  * until that is understood the copying path is the one CI exercises. */
 gboolean vmm_splice_enabled(void);
+/* For tests in a process with threads (where setenv is unsafe): 1 or 0
+ * decides instead of the environment, -1 hands back to it. */
+void vmm_splice_force(gint on);
 
 /* A pipe as large as the system lets an unprivileged process have (1 MiB
  * by default); NULL with ERROR when the system has no pipes to give. */
@@ -48,6 +51,14 @@ gboolean vmm_splice_send(VmmSplicePipe *p, int sock, const struct iovec *hdr, in
  * broken and P must not be used again). */
 gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr, int nhdr,
                              const struct iovec *iov, unsigned niov);
+
+/* Moves what the non-blocking socket (or pipe) SOCK takes now of what P
+ * holds, by reference. Returns the bytes moved, or -1 with errno when the
+ * connection failed (P is then not reusable). */
+gssize vmm_splice_drain_now(VmmSplicePipe *p, int sock);
+/* Copies the next LEN bytes out of P (when the socket could not take them
+ * by reference). FALSE if P held fewer or reading failed. */
+gboolean vmm_splice_pipe_read(VmmSplicePipe *p, void *buf, gsize len);
 
 /* ---- Receiving: socket to pipe to file ---- */
 

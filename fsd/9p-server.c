@@ -6,6 +6,7 @@
 #include "fsd/9p-server.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/splice.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -273,8 +274,9 @@ void fsd_conn_close(FsdConn *c)
     conn_unref(c);
 }
 
-/* Encodes and sends F, or Rlerror(EMSGSIZE) if it does not fit. Locked. */
-static void send_locked(FsdConn *c, const P9Fcall *f)
+/* Encodes and sends F, or Rlerror(EMSGSIZE) if it does not fit; F's data
+ * is in PIPE when that is not NULL. Locked. */
+static void send_locked(FsdConn *c, const P9Fcall *f, VmmSplicePipe *pipe)
 {
     if (c->closed)
         return;
@@ -286,18 +288,23 @@ static void send_locked(FsdConn *c, const P9Fcall *f)
         P9Fcall e = { .type = P9_RLERROR, .tag = f->tag, .ecode = EMSGSIZE };
         if (!p9_encode(&e, G_MAXUINT32, out, NULL))
             return;
+        pipe = NULL;
+        data_len = 0;
     }
     struct iovec iov[2] = {
         { .iov_base = out->data, .iov_len = out->len },
         { .iov_base = (void *)f->data, .iov_len = data_len },
     };
-    c->send(c, iov, data_len ? 2 : 1, c->user);
+    if (pipe)
+        c->send(c, iov, 1, pipe, data_len, c->user);
+    else
+        c->send(c, iov, data_len ? 2 : 1, NULL, 0, c->user);
 }
 
 static void send_error_locked(FsdConn *c, guint16 tag, int err)
 {
     P9Fcall f = { .type = P9_RLERROR, .tag = tag, .ecode = (guint32)err };
-    send_locked(c, &f);
+    send_locked(c, &f, NULL);
 }
 
 static void send_error(FsdConn *c, guint16 tag, int err)
@@ -327,11 +334,11 @@ static void req_finish(Req *r, P9Fcall *reply)
         g_hash_table_remove(c->pending, GUINT_TO_POINTER(r->tag));
     gboolean current = r->generation == c->generation;
     if (reply && current)
-        send_locked(c, reply);
+        send_locked(c, reply, r->pipe);
     if (current && r->flushes) {
         for (guint i = 0; i < r->flushes->len; i++) {
             P9Fcall f = { .type = P9_RFLUSH, .tag = g_array_index(r->flushes, guint16, i) };
-            send_locked(c, &f);
+            send_locked(c, &f, NULL);
         }
     }
     g_mutex_unlock(&c->lock);
@@ -341,6 +348,28 @@ static void req_finish(Req *r, P9Fcall *reply)
 static gboolean is_throttled(guint8 type)
 {
     return type == P9_TREAD || type == P9_TWRITE;
+}
+
+static GPrivate worker_pipe_key = G_PRIVATE_INIT((GDestroyNotify)vmm_splice_pipe_free);
+
+VmmSplicePipe *fsd_worker_pipe(void)
+{
+    if (!vmm_splice_enabled())
+        return NULL;
+    VmmSplicePipe *p = g_private_get(&worker_pipe_key);
+    if (!p) {
+        p = vmm_splice_pipe_new(NULL);
+        g_private_set(&worker_pipe_key, p);
+    }
+    return p;
+}
+
+/* A reply that did not go out (its connection closed) or a send that
+ * failed half way leaves bytes in the pipe: the next read gets a new one. */
+static void worker_pipe_check(VmmSplicePipe *used)
+{
+    if (used && !vmm_splice_pipe_reusable(used))
+        g_private_replace(&worker_pipe_key, NULL);
 }
 
 static void worker(gpointer data, gpointer user)
@@ -374,7 +403,9 @@ static void worker(gpointer data, gpointer user)
     }
     /* Reply data (read, readdir) is a buffer the operation made. */
     guint8 *data_buf = (guint8 *)out.data;
+    VmmSplicePipe *pipe = r->pipe;
     req_finish(r, &out);
+    worker_pipe_check(pipe);
     g_free(data_buf);
     out.data = NULL;
     p9_fcall_clear(&out);
@@ -394,7 +425,7 @@ static void handle_version(FsdConn *c, const P9Fcall *in)
     c->msize = MIN(in->msize, c->e->cfg.max_msize);
     out.msize = c->msize;
     out.version = (char *)(g_str_has_prefix(in->version, P9_VERSION_L) ? P9_VERSION_L : P9_VERSION_UNKNOWN);
-    send_locked(c, &out);
+    send_locked(c, &out, NULL);
     g_mutex_unlock(&c->lock);
 }
 
@@ -404,7 +435,7 @@ static void handle_flush(FsdConn *c, const P9Fcall *in)
     Req *old = g_hash_table_lookup(c->pending, GUINT_TO_POINTER(in->oldtag));
     if (!old || in->oldtag == in->tag) {
         P9Fcall f = { .type = P9_RFLUSH, .tag = in->tag };
-        send_locked(c, &f);
+        send_locked(c, &f, NULL);
     } else {
         /* Not started yet: it never will be, and its reply is dropped. A
          * running request finishes and answers first (the spec's rule: a

@@ -36,6 +36,7 @@ typedef struct {
     gint cancelled;
     gboolean started;
     GArray *flushes;        /* tags of Tflush waiting for this request */
+    VmmSplicePipe *pipe;    /* an Rread's data, spliced from the file (the worker's pipe) */
 } Req;
 
 struct FsdConn {
@@ -71,4 +72,7 @@ void fsd_conn_fix_renamed(FsdConn *c, dev_t pdev, ino_t pino, const char *oldnam
 /* Runs R; fills OUT (its data, if any, is a g_malloc'd buffer the caller
  * frees). 0 or -errno. */
 int fsd_ops_dispatch(FsdConn *c, Req *r, P9Fcall *out);
+/* The calling worker's pipe for spliced reads (one per thread, made on
+ * first use), or NULL when splicing is off or no pipe can be had. */
+VmmSplicePipe *fsd_worker_pipe(void);
 int fsd_open_beneath(int dirfd, const char *name, int flags, mode_t mode);

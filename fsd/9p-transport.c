@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/iov.h"
 #include "common/log.h"
+#include "common/splice.h"
 
 #include <errno.h>
 #include <string.h>
@@ -50,6 +51,7 @@ typedef struct Client {
     GQueue out;                /* GBytes replies from the workers */
     guint loop_writes;         /* uv_writes not completed (under out_lock) */
     int fd;                    /* the stream's fd, for direct sends; -1 once closing */
+    gboolean broken;           /* a reply was lost half way: close (under out_lock) */
     gboolean reading, closing;
     int handles_open;
 } Client;
@@ -173,6 +175,13 @@ static void on_write_done(uv_write_t *req, int status)
 static void on_wake(uv_async_t *a)
 {
     Client *cl = a->data;
+    g_mutex_lock(&cl->out_lock);
+    gboolean broken = cl->broken;
+    g_mutex_unlock(&cl->out_lock);
+    if (broken) {
+        client_close(cl);
+        return;
+    }
     for (;;) {
         g_mutex_lock(&cl->out_lock);
         GBytes *b = g_queue_pop_head(&cl->out);
@@ -222,30 +231,54 @@ static unsigned send_now(int fd, struct iovec **iov, unsigned niov)
     return niov;
 }
 
-static GBytes *iov_to_bytes(const struct iovec *iov, unsigned niov)
+/* What is left of a reply, for the loop to write: IOV, then what PIPE still
+ * holds, read out of it. NULL if the pipe would not give it back. */
+static GBytes *rest_to_bytes(const struct iovec *iov, unsigned niov, VmmSplicePipe *pipe)
 {
     GByteArray *b = g_byte_array_new();
     for (unsigned i = 0; i < niov; i++)
         g_byte_array_append(b, iov[i].iov_base, (guint)iov[i].iov_len);
+    gsize held = pipe ? vmm_splice_pipe_held(pipe) : 0;
+    if (held) {
+        guint at = b->len;
+        g_byte_array_set_size(b, at + (guint)held);
+        if (!vmm_splice_pipe_read(pipe, b->data + at, held)) {
+            g_byte_array_unref(b);
+            return NULL;
+        }
+    }
     return g_byte_array_free_to_bytes(b);
 }
 
 /* From any thread (FsdSendFunc), under the connection's lock, which
  * fsd_conn_close takes too: once the client closes, nothing comes here, so
  * the fd is still ours. */
-static void client_send(FsdConn *c, const struct iovec *msg, unsigned niov, gpointer user)
+static void client_send(FsdConn *c, const struct iovec *msg, unsigned niov, VmmSplicePipe *pipe, gsize piped,
+                        gpointer user)
 {
     Client *cl = user;
     struct iovec *iov = g_newa(struct iovec, niov);
     memcpy(iov, msg, niov * sizeof(*iov));
     g_mutex_lock(&cl->out_lock);
     unsigned left = niov;
-    if (cl->fd >= 0 && cl->loop_writes == 0 && g_queue_is_empty(&cl->out))
+    if (cl->fd >= 0 && cl->loop_writes == 0 && g_queue_is_empty(&cl->out)) {
         left = send_now(cl->fd, &iov, niov);
-    if (left)
-        g_queue_push_tail(&cl->out, iov_to_bytes(iov, left));
+        if (!left && pipe)
+            vmm_splice_drain_now(pipe, cl->fd);   /* a failure is the loop's to find */
+    }
+    gboolean queued = !cl->broken && (left || (pipe && vmm_splice_pipe_held(pipe)));
+    if (queued) {
+        GBytes *rest = rest_to_bytes(iov, left, pipe);
+        if (rest) {
+            g_queue_push_tail(&cl->out, rest);
+        } else {
+            /* Half a reply cannot be taken back: the stream is lost. */
+            vmm_warn("9p: a spliced reply could not be read back from its pipe; closing the connection");
+            cl->broken = TRUE;
+        }
+    }
     g_mutex_unlock(&cl->out_lock);
-    if (left)
+    if (queued)
         uv_async_send(&cl->wake);
 }
 

@@ -72,11 +72,15 @@ int fsd_export_rootfd(FsdExport *e);
 
 /* ---- connections (fsd/9p-server.c) ---- */
 typedef struct FsdConn FsdConn;
+typedef struct VmmSplicePipe VmmSplicePipe;
 /* Called from any thread with one complete reply in NIOV pieces (a head and
- * the data of an Rread or Rreaddir, so the data is not copied on its way);
- * must not block for long (queue it). Replies to different tags may come in
- * any order. */
-typedef void (*FsdSendFunc)(FsdConn *c, const struct iovec *iov, unsigned niov, gpointer user);
+ * the data of an Rread or Rreaddir, so the data is not copied on its way)
+ * and, when PIPE is not NULL, PIPED more bytes of it in PIPE (an Rread's
+ * data spliced from the file, VMM_SPLICE=1), which the callee moves on or
+ * reads out before it returns. Must not block for long (queue it). Replies
+ * to different tags may come in any order. */
+typedef void (*FsdSendFunc)(FsdConn *c, const struct iovec *iov, unsigned niov, VmmSplicePipe *pipe, gsize piped,
+                            gpointer user);
 
 FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user);
 /* Largest message this connection accepts now (msize once negotiated). */

@@ -4,6 +4,7 @@
  * tests/interop/fsd-9p-test.c.) */
 #include "fsd/fsd.h"
 #include "common/error.h"
+#include "common/splice.h"
 
 #include <errno.h>
 #include <glib/gstdio.h>
@@ -13,12 +14,18 @@ typedef struct {
     GAsyncQueue *replies;   /* GBytes */
 } Sink;
 
-static void sink_send(FsdConn *c, const struct iovec *iov, unsigned niov, gpointer user)
+static void sink_send(FsdConn *c, const struct iovec *iov, unsigned niov, VmmSplicePipe *pipe, gsize piped,
+                      gpointer user)
 {
     Sink *s = user;
     GByteArray *b = g_byte_array_new();
     for (unsigned i = 0; i < niov; i++)
         g_byte_array_append(b, iov[i].iov_base, (guint)iov[i].iov_len);
+    if (pipe) {
+        guint at = b->len;
+        g_byte_array_set_size(b, at + (guint)piped);
+        g_assert_true(vmm_splice_pipe_read(pipe, b->data + at, piped));
+    }
     g_async_queue_push(s->replies, g_byte_array_free_to_bytes(b));
 }
 
@@ -257,11 +264,63 @@ static void test_model_names(void)
     g_clear_error(&err);
 }
 
+/* Treads of a 300 KiB file, whole and at its end, with the data spliced
+ * into the worker's pipe (VMM_SPLICE=1) and without: the same bytes. */
+static void read_file_checked(gboolean spliced)
+{
+    vmm_splice_force(spliced);
+    Fixture f;
+    fixture_setup(&f, "passthrough");
+    gsize size = 300 * 1024;
+    g_autofree guint8 *want = g_malloc(size);
+    for (gsize i = 0; i < size; i++)
+        want[i] = (guint8)(i * 7 + i / 4096);
+    g_autofree char *path = g_build_filename(f.dir, "big", NULL);
+    g_assert_true(g_file_set_contents(path, (const char *)want, (gssize)size, NULL));
+    start(&f);
+    P9Fcall r;
+    P9Fcall w = { .type = P9_TWALK, .tag = 2, .fid = 0, .fid2 = 1, .nwname = 1, .wnames = { (char *)"big" } };
+    g_assert_cmpint(call(&f, &w, &r), ==, 0);
+    p9_fcall_clear(&r);
+    P9Fcall o = { .type = P9_TLOPEN, .tag = 3, .fid = 1, .flags = 0 };
+    g_assert_cmpint(call(&f, &o, &r), ==, 0);
+    p9_fcall_clear(&r);
+    const struct { guint64 offset; guint32 count, got; } reads[] = {
+        { 0, 256 * 1024, 256 * 1024 },
+        { 200 * 1024, 256 * 1024, 100 * 1024 },   /* short: the end of the file */
+        { 4097, 70000, 70000 },                   /* unaligned */
+        { size, 128 * 1024, 0 },
+    };
+    for (gsize i = 0; i < G_N_ELEMENTS(reads); i++) {
+        P9Fcall rd = { .type = P9_TREAD, .tag = 4, .fid = 1, .offset = reads[i].offset, .count = reads[i].count };
+        send_fcall(&f, &rd);
+        g_autoptr(GBytes) b = next_reply(&f, &r);
+        g_assert_cmpuint(r.type, ==, P9_RREAD);
+        g_assert_cmpuint(r.count, ==, reads[i].got);
+        g_assert_true(r.count == 0 || memcmp(r.data, want + reads[i].offset, r.count) == 0);
+        p9_fcall_clear(&r);
+    }
+    fixture_teardown(&f);
+    vmm_splice_force(-1);
+}
+
+static void test_read(void)
+{
+    read_file_checked(FALSE);
+}
+
+static void test_read_spliced(void)
+{
+    read_file_checked(TRUE);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/9p-server/session", test_session);
     g_test_add_func("/9p-server/many-in-flight", test_many_in_flight);
+    g_test_add_func("/9p-server/read", test_read);
+    g_test_add_func("/9p-server/read-spliced", test_read_spliced);
     g_test_add_func("/9p-server/garbage", test_garbage_answered);
     g_test_add_func("/9p-server/throttle-config", test_throttle_config);
     g_test_add_func("/9p-server/throttle-iops", test_throttle_iops);

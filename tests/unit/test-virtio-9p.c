@@ -9,6 +9,7 @@
  * too big for its buffers, the server dying (EIO, the lost hook, no hang),
  * a new connection (only a new session is forwarded), and the probe. */
 #include "common/error.h"
+#include "common/splice.h"
 #include "fsd/9p-transport.h"
 #include "proto/9p.h"
 #include "vcpu-worker/virtio-9p.h"
@@ -588,8 +589,55 @@ static guint32 put_str(guint8 *b, const char *s)
     return 2 + (guint32)strlen(s);
 }
 
-static void test_real_fsd(void)
+/* A 200 KiB Twrite and the Tread of it back, through the device and fsd:
+ * with VMM_SPLICE on, the write leaves by vmsplice of guest RAM and the read
+ * is answered by splice from the file. */
+static void big_write_read(Fixture *f)
 {
+    enum { BIG = 200 * 1024 };
+    guint8 b[256];
+    guint32 n, rlen;
+    put32(b, 0);
+    put32(b + 4, 2);
+    put16(b + 8, 0);                /* a clone of the root */
+    g_autofree guint8 *rw = rpc(f, P9_TWALK, 6, b, 10, &rlen);
+    g_assert_cmpuint(rw[4], ==, P9_RWALK);
+    put32(b, 2);
+    n = 4 + put_str(b + 4, "big");
+    put32(b + n, 2);                /* O_RDWR */
+    put32(b + n + 4, 0644);
+    put32(b + n + 8, 0);
+    g_autofree guint8 *rc = rpc(f, P9_TLCREATE, 7, b, n + 12, &rlen);
+    g_assert_cmpuint(rc[4], ==, P9_RLCREATE);
+
+    g_autofree guint8 *w = g_malloc(16 + BIG);
+    put32(w, 2);
+    memset(w + 4, 0, 8);
+    put32(w + 12, BIG);
+    for (guint i = 0; i < BIG; i++)
+        w[16 + i] = (guint8)(i * 13 + i / 1000);
+    g_autofree guint8 *rwr = rpc(f, P9_TWRITE, 8, w, 16 + BIG, &rlen);
+    g_assert_cmpuint(rwr[4], ==, P9_RWRITE);
+    g_assert_cmpuint(get32(rwr + P9_HDRSZ), ==, BIG);
+
+    put32(b, 2);
+    memset(b + 4, 0, 8);
+    put32(b + 12, BIG);
+    guint32 size;
+    g_autofree guint8 *m = make_msg(P9_TREAD, 9, b, 16, &size);
+    Pending p = submit_msg(f, m, size, P9_HDRSZ + 4 + BIG, 70000);
+    uint32_t id, len;
+    wait_used(f, &id, &len);
+    g_assert_cmpuint(id, ==, p.head);
+    const guint8 *r = td_host(&f->td, p.in_gpa);
+    g_assert_cmpuint(r[4], ==, P9_RREAD);
+    g_assert_cmpuint(get32(r + P9_HDRSZ), ==, BIG);
+    g_assert_cmpmem(r + P9_HDRSZ + 4, BIG, w + 16, BIG);
+}
+
+static void real_fsd(gboolean spliced)
+{
+    vmm_splice_force(spliced);
     g_autofree char *dir = g_dir_make_tmp("test-virtio-9p-XXXXXX", NULL);
     g_assert_nonnull(dir);
     g_autofree char *file = g_build_filename(dir, "hello.txt", NULL);
@@ -623,7 +671,7 @@ static void test_real_fsd(void)
 
     guint8 b[256];
     guint32 n, rlen;
-    put32(b, 65536);
+    put32(b, 1 << 20);
     n = 4 + put_str(b + 4, "9P2000.L");
     g_autofree guint8 *rv = rpc(&f, P9_TVERSION, P9_NOTAG, b, n, &rlen);
     g_assert_cmpuint(rv[4], ==, P9_RVERSION);
@@ -664,6 +712,9 @@ static void test_real_fsd(void)
     g_autofree guint8 *re = rpc(&f, P9_TWALK, 5, b, n, &rlen);
     g_assert_cmpuint(re[4], ==, P9_RLERROR);
 
+    big_write_read(&f);
+    g_autofree char *big = g_build_filename(dir, "big", NULL);
+
     vmm_virtio_9p_free(f.p);
     uv_async_send(&s.stop);
     g_thread_join(s.thread);
@@ -671,7 +722,19 @@ static void test_real_fsd(void)
     fsd_export_free(s.export);
     td_destroy(&f.td);
     g_unlink(file);
+    g_unlink(big);
     g_rmdir(dir);
+    vmm_splice_force(-1);
+}
+
+static void test_real_fsd(void)
+{
+    real_fsd(FALSE);
+}
+
+static void test_real_fsd_spliced(void)
+{
+    real_fsd(TRUE);
 }
 
 int main(int argc, char **argv)
@@ -689,5 +752,6 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio-9p/server-dies-and-returns", test_server_dies_and_returns);
     g_test_add_func("/virtio-9p/probe", test_probe);
     g_test_add_func("/virtio-9p/real-fsd", test_real_fsd);
+    g_test_add_func("/virtio-9p/real-fsd-spliced", test_real_fsd_spliced);
     return g_test_run();
 }

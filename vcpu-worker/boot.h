@@ -42,8 +42,11 @@
 #define VMM_GED_MMIO_ADDR       0xfea00000ULL  /* ACPI registers, see acpi.h */
 #define VMM_GED_MMIO_SIZE       0x1000ULL
 #define VMM_GED_IRQ             9              /* the GED's event interrupt (edge) */
-#define VMM_VIRTIO_MMIO_BASE    0xfeb00000ULL  /* transport n at base + n * 0x200 */
-#define VMM_VIRTIO_MMIO_SIZE    0x200ULL
+#define VMM_VIRTIO_MMIO_BASE    0xfeb00000ULL  /* transport n at base + n * 0x1000 */
+/* A page per transport (its 0x200 bytes of registers and config, the rest
+ * reads as zeroes), so that each can be a read-only memory slot of its own
+ * (virtio-slot.c); QEMU's microvm packs them 0x200 apart. */
+#define VMM_VIRTIO_MMIO_SIZE    0x1000ULL
 #define VMM_VIRTIO_MMIO_MAX     8
 #define VMM_VIRTIO_IRQ_BASE     16             /* transport n on IOAPIC pin 16 + n (level) */
 #define VMM_IOAPIC_ADDR         0xfec00000ULL
@@ -64,7 +67,7 @@
 /* ---- The machine, as the loaders and the ACPI tables see it -------------- */
 
 typedef struct {
-    guint64 base;   /* guest physical address of the 0x200-byte register window */
+    guint64 base;   /* guest physical address of the register window (a page) */
     guint32 irq;    /* IOAPIC input (GSI) */
 } VmmVirtioMmioSlot;
 

@@ -4,7 +4,7 @@
  *
  * "drive-attach" connects the backend (the NBD handshake gives the capacity)
  * before the guest exists; "vm-start" then plugs every attached drive in
- * attach order into virtio-mmio slot 0, 1, ... (base 0xfeb00000 + n * 0x200,
+ * attach order into virtio-mmio slot 0, 1, ... (base 0xfeb00000 + n * 0x1000,
  * GSI 16 + n, level-triggered), described in the DSDT. QueueNotify writes go
  * to an ioeventfd (KVM does not exit to user space for them) that wakes the
  * drive's I/O thread, which processes the queue; interrupts go through

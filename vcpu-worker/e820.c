@@ -100,7 +100,7 @@ static gboolean check_virtio_slot(const VmmGuestConfig *cfg, guint i, GError **e
         (s->base >= VMM_GED_MMIO_ADDR && s->base < VMM_GED_MMIO_ADDR + VMM_GED_MMIO_SIZE))
         return layout_fail(error, VMM_ERROR_INVALID,
                            "virtio-mmio %u: base 0x%" G_GINT64_MODIFIER "x is not a free, "
-                           "0x200-aligned window between 0x%llx and the IOAPIC",
+                           "page-aligned window between 0x%llx and the IOAPIC",
                            i, s->base, VMM_MMIO_HOLE_START);
     for (guint j = 0; j < i; j++) {
         if (cfg->virtio[j].base == s->base)

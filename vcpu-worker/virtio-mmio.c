@@ -26,6 +26,7 @@ struct VmmVirtioMmio {
     uint32_t config_generation;
     uint32_t config_size;
     bool irq_level;
+    uint8_t *shadow;           /* what reads return, for the guest to read without an exit */
 
     unsigned num_queues;
     VmmVirtqueue *queues;
@@ -63,6 +64,16 @@ void vmm_virtio_mmio_free(VmmVirtioMmio *t)
     g_free(t);
 }
 
+static void shadow_sync_locked(VmmVirtioMmio *t);
+
+void vmm_virtio_mmio_set_shadow(VmmVirtioMmio *t, uint8_t *page)
+{
+    g_mutex_lock(&t->lock);
+    t->shadow = page;
+    shadow_sync_locked(t);
+    g_mutex_unlock(&t->lock);
+}
+
 void vmm_virtio_mmio_set_host(VmmVirtioMmio *t, const VmmVirtioMmioHost *host)
 {
     g_mutex_lock(&t->lock);
@@ -93,9 +104,36 @@ static void update_irq(VmmVirtioMmio *t)
         t->host.set_irq(t->host.opaque, level);
 }
 
+/* One register of the shadow page. A single aligned 32-bit store: the
+ * guest reads it whole, never half old and half new. */
+static void shadow_put(VmmVirtioMmio *t, uint64_t offset, uint32_t v)
+{
+    if (t->shadow)
+        __atomic_store_n((uint32_t *)(void *)(t->shadow + offset), GUINT32_TO_LE(v), __ATOMIC_RELEASE);
+}
+
+static uint32_t read_register(VmmVirtioMmio *t, uint64_t offset);
+
+/* The whole page again after a change of state: the config space first, so
+ * that a driver that sees the new ConfigGeneration reads the new config. */
+static void shadow_sync_locked(VmmVirtioMmio *t)
+{
+    if (!t->shadow)
+        return;
+    uint8_t config[VIRTIO_MMIO_MAX_CONFIG] = { 0 };
+    if (t->ops->get_config && t->config_size)
+        t->ops->get_config(t->dev, config);
+    memcpy(t->shadow + VIRTIO_MMIO_CONFIG, config, t->config_size);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    for (uint64_t off = 0; off < VIRTIO_MMIO_CONFIG; off += 4)
+        shadow_put(t, off, read_register(t, off));
+}
+
 static void raise_locked(VmmVirtioMmio *t, uint32_t bits)
 {
     t->isr |= bits;
+    /* Before the interrupt: the driver's handler reads the status first. */
+    shadow_put(t, VIRTIO_MMIO_INTERRUPT_STATUS, t->isr);
     update_irq(t);
 }
 
@@ -380,6 +418,11 @@ void vmm_virtio_mmio_access(VmmVirtioMmio *t, uint64_t offset, uint8_t *data, un
     } else {
         store_le32(data, read_register(t, offset));
     }
+    /* An interrupt's acknowledgement (the common write) changes one register. */
+    if (is_write && offset == VIRTIO_MMIO_INTERRUPT_ACK)
+        shadow_put(t, VIRTIO_MMIO_INTERRUPT_STATUS, t->isr);
+    else if (is_write)
+        shadow_sync_locked(t);
     VmmVirtioMmioHost host = t->host;
     g_mutex_unlock(&t->lock);
 
@@ -427,6 +470,7 @@ void vmm_virtio_mmio_config_changed(VmmVirtioMmio *t)
 {
     g_mutex_lock(&t->lock);
     t->config_generation++;
+    shadow_sync_locked(t);
     if (t->status & VIRTIO_STATUS_DRIVER_OK)
         raise_locked(t, VIRTIO_MMIO_INT_CONFIG);
     g_mutex_unlock(&t->lock);
@@ -436,6 +480,7 @@ void vmm_virtio_mmio_set_needs_reset(VmmVirtioMmio *t, const GError *cause)
 {
     g_mutex_lock(&t->lock);
     fail_locked(t, cause);
+    shadow_sync_locked(t);
     g_mutex_unlock(&t->lock);
 }
 

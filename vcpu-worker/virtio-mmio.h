@@ -107,6 +107,12 @@ typedef struct {
 VmmVirtioMmio *vmm_virtio_mmio_new(const VmmVirtioMmioConfig *config);
 void vmm_virtio_mmio_free(VmmVirtioMmio *t);
 void vmm_virtio_mmio_set_host(VmmVirtioMmio *t, const VmmVirtioMmioHost *host);
+/* PAGE (VIRTIO_MMIO_WINDOW_SIZE bytes or more; NULL: none) is kept holding
+ * what a read of each register and of the config space returns, so that
+ * the guest can read the window from memory (a read-only KVM memslot)
+ * without an exit; its writes still come to vmm_virtio_mmio_access. No
+ * register has a side effect on read, which is what makes this possible. */
+void vmm_virtio_mmio_set_shadow(VmmVirtioMmio *t, uint8_t *page);
 
 /* One guest access of LEN bytes at OFFSET into the window; DATA is the value in
  * little-endian byte order (filled on reads). Bad widths and offsets read as

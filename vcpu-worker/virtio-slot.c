@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 struct VmmVirtioSlot {
@@ -17,6 +18,7 @@ struct VmmVirtioSlot {
     VmmIrqLine irq;
     int kick_fd, stop_fd;
     gboolean ioeventfd, on_bus;
+    guint8 *shadow;            /* the register page the guest reads (NULL: reads exit) */
     GThread *thread;
 };
 
@@ -94,6 +96,40 @@ static gpointer io_thread(gpointer data)
     return NULL;
 }
 
+/* The window's registers as a read-only memory slot kept up to date by the
+ * transport: a driver's register reads (the interrupt status in every
+ * interrupt handler, the config space) cost no exit, which under nested
+ * virtualisation is most of what an interrupt costs. Writes still exit.
+ * Without read-only slots every access exits as before. */
+static void map_shadow(VmmVirtioSlot *s)
+{
+    void *page = mmap(NULL, VMM_VIRTIO_MMIO_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) {
+        vmm_info("%s: no register page (%s); register reads exit", s->name, g_strerror(errno));
+        return;
+    }
+    vmm_virtio_mmio_set_shadow(s->cfg.transport, page);
+    g_autoptr(GError) err = NULL;
+    if (!vmm_vm_map_readonly(s->vm, VMM_VM_SLOT_FIRST_DEVICE + s->cfg.slot, window_base(s), page,
+                             VMM_VIRTIO_MMIO_SIZE, &err)) {
+        vmm_info("%s: %s; register reads exit", s->name, err->message);
+        vmm_virtio_mmio_set_shadow(s->cfg.transport, NULL);
+        munmap(page, VMM_VIRTIO_MMIO_SIZE);
+        return;
+    }
+    s->shadow = page;
+}
+
+static void unmap_shadow(VmmVirtioSlot *s)
+{
+    if (!s->shadow)
+        return;
+    vmm_vm_unmap_slot(s->vm, VMM_VM_SLOT_FIRST_DEVICE + s->cfg.slot, window_base(s));
+    vmm_virtio_mmio_set_shadow(s->cfg.transport, NULL);
+    munmap(s->shadow, VMM_VIRTIO_MMIO_SIZE);
+    s->shadow = NULL;
+}
+
 static VmmIoEvent notify_event(const VmmVirtioSlot *s)
 {
     return (VmmIoEvent){ .addr = window_base(s) + VIRTIO_MMIO_QUEUE_NOTIFY, .len = 4,
@@ -127,6 +163,7 @@ VmmVirtioSlot *vmm_virtio_slot_plug(VmmVm *vm, const VmmVirtioSlotConfig *config
         return NULL;
     }
     s->on_bus = TRUE;
+    map_shadow(s);
     s->thread = g_thread_new("virtio-io", io_thread, s);
     return s;
 }
@@ -163,6 +200,7 @@ void vmm_virtio_slot_unplug(VmmVirtioSlot *s)
         VmmIoEvent ev = notify_event(s);
         vmm_vm_ioeventfd_remove(s->vm, &ev, s->kick_fd, NULL);
     }
+    unmap_shadow(s);
     if (s->on_bus)
         vmm_bus_remove(s->vm->mmio, window_base(s));
     if (s->kick_fd >= 0)

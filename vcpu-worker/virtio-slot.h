@@ -1,6 +1,6 @@
 /* One virtio-mmio device plugged into the running VM: what every device of
  * vcpu-worker needs around its transport. The register window on the MMIO bus
- * (slot n: base 0xfeb00000 + n * 0x200, GSI 16 + n, as the DSDT describes
+ * (slot n: base 0xfeb00000 + n * 0x1000, GSI 16 + n, as the DSDT describes
  * it), QueueNotify on an ioeventfd (KVM does not exit to user space for a
  * kick; a kick that does reach the vCPU thread is forwarded to the same fd),
  * an I/O thread that runs the device's queue work when kicked, and the

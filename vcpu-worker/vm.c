@@ -3,6 +3,7 @@
  * x86/cpuid.c) and the KVM API document. */
 #include "vcpu-worker/vm.h"
 #include "common/error.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -58,11 +59,12 @@ void vmm_vm_cleanup(VmmVm *vm)
     vm->supported_cpuid = NULL;
 }
 
-static gboolean set_memory_slot(VmmVm *vm, guint32 slot, guint64 gpa, guint64 size,
-                                guint8 *host, GError **error)
+static gboolean set_memory_slot_flags(VmmVm *vm, guint32 slot, guint64 gpa, guint64 size, guint8 *host,
+                                      guint32 flags, GError **error)
 {
     struct kvm_userspace_memory_region region = {
         .slot = slot,
+        .flags = flags,
         .guest_phys_addr = gpa,
         .memory_size = size,
         .userspace_addr = (guint64)(uintptr_t)host,
@@ -72,6 +74,28 @@ static gboolean set_memory_slot(VmmVm *vm, guint32 slot, guint64 gpa, guint64 si
                              "KVM VM: KVM_SET_USER_MEMORY_REGION slot %u at 0x%" G_GINT64_MODIFIER
                              "x, 0x%" G_GINT64_MODIFIER "x bytes", slot, gpa, size);
     return TRUE;
+}
+
+static gboolean set_memory_slot(VmmVm *vm, guint32 slot, guint64 gpa, guint64 size,
+                                guint8 *host, GError **error)
+{
+    return set_memory_slot_flags(vm, slot, gpa, size, host, 0, error);
+}
+
+gboolean vmm_vm_map_readonly(VmmVm *vm, guint32 slot, guint64 gpa, guint8 *host, guint64 size, GError **error)
+{
+    if (ioctl(vm->kvm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_UNSUPPORTED, "KVM VM: no read-only memory slots");
+        return FALSE;
+    }
+    return set_memory_slot_flags(vm, slot, gpa, size, host, KVM_MEM_READONLY, error);
+}
+
+void vmm_vm_unmap_slot(VmmVm *vm, guint32 slot, guint64 gpa)
+{
+    g_autoptr(GError) err = NULL;
+    if (!set_memory_slot_flags(vm, slot, gpa, 0, NULL, 0, &err))
+        vmm_warn("%s", err->message);
 }
 
 gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping *how,

@@ -64,6 +64,13 @@ gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping
 /* Drives input GSI of the in-kernel irqchip to LEVEL (KVM_IRQ_LINE). For an
  * edge-triggered ISA device, a 0 -> 1 change is the edge. */
 gboolean vmm_vm_set_irq_line(VmmVm *vm, guint32 gsi, gboolean level, GError **error);
+/* Memory slots beyond guest RAM's (0 and 1). */
+#define VMM_VM_SLOT_FIRST_DEVICE 8
+/* SIZE bytes of HOST at GPA as KVM memory slot SLOT that the guest reads
+ * without an exit and whose writes exit as MMIO (KVM_MEM_READONLY);
+ * VMM_ERROR_UNSUPPORTED when KVM has no such slots. */
+gboolean vmm_vm_map_readonly(VmmVm *vm, guint32 slot, guint64 gpa, guint8 *host, guint64 size, GError **error);
+void vmm_vm_unmap_slot(VmmVm *vm, guint32 slot, guint64 gpa);
 
 /* A (VM, GSI) pair whose vmm_irq_line_set() matches the set_irq callbacks of
  * the device models (e.g. VmmSerialHost.set_irq): errors are logged. */

@@ -189,8 +189,8 @@ static void test_aml_code(void)
 
 static const VmmVirtioMmioSlot three_virtio[] = {
     { VMM_VIRTIO_MMIO_BASE, 16 },
-    { VMM_VIRTIO_MMIO_BASE + 0x200, 17 },
-    { VMM_VIRTIO_MMIO_BASE + 0x400, 18 },
+    { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 },
+    { VMM_VIRTIO_MMIO_BASE + 0x2000, 18 },
 };
 static const VmmSerialPort com1 = { 0x3f8, 4 };
 
@@ -513,7 +513,7 @@ static void check_dsdt_text(const char *dsl)
         g_autofree char *pat = g_strdup_printf(
             "Device \\(VR%02u\\)\\s*\\{\\s*Name \\(_HID, \"LNRO0005\"\\)[^}]*"
             "Name \\(_UID, %s\\)[^}]*"
-            "Memory32Fixed \\(ReadWrite,\\s*0x%08" G_GINT64_MODIFIER "X,[^,]*0x00000200,[^}]*"
+            "Memory32Fixed \\(ReadWrite,\\s*0x%08" G_GINT64_MODIFIER "X,[^,]*0x00001000,[^}]*"
             "Interrupt \\(ResourceConsumer, Level, ActiveHigh, Exclusive, ,, \\)\\s*\\{\\s*0x%08X,",
             i, i == 0 ? "Zero" : i == 1 ? "One" : "0x02", three_virtio[i].base, three_virtio[i].irq);
         expect_match(dsl, pat, 1);

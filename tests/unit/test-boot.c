@@ -205,8 +205,8 @@ static void test_config_check(void)
 {
     VmmVirtioMmioSlot v[3] = {
         { VMM_VIRTIO_MMIO_BASE, 16 },
-        { VMM_VIRTIO_MMIO_BASE + 0x200, 17 },
-        { VMM_VIRTIO_MMIO_BASE + 0x400, 18 },
+        { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 },
+        { VMM_VIRTIO_MMIO_BASE + 0x10000, 18 },
     };
     VmmSerialPort com1 = { 0x3f8, 4 };
     VmmGuestConfig cfg = { .ram_size = 256 * MiB, .ncpus = 2, .virtio = v, .n_virtio = 3,
@@ -231,17 +231,17 @@ static void test_config_check(void)
     bad.virtio = w;
     bad.n_virtio = 2;
     struct { VmmVirtioMmioSlot a, b; const char *needle; } cases[] = {
-        { { VMM_VIRTIO_MMIO_BASE + 4, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "virtio-mmio 0: base" },
-        { { 0x80000000, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "virtio-mmio 0: base" },
-        { { VMM_GED_MMIO_ADDR, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "virtio-mmio 0: base" },
-        { { VMM_IOAPIC_ADDR, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "virtio-mmio 0: base" },
+        { { VMM_VIRTIO_MMIO_BASE + 4, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "virtio-mmio 0: base" },
+        { { 0x80000000, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "virtio-mmio 0: base" },
+        { { VMM_GED_MMIO_ADDR, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "virtio-mmio 0: base" },
+        { { VMM_IOAPIC_ADDR, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "virtio-mmio 0: base" },
         { { VMM_VIRTIO_MMIO_BASE, 16 }, { VMM_VIRTIO_MMIO_BASE, 17 }, "already used by virtio-mmio 0" },
-        { { VMM_VIRTIO_MMIO_BASE, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 16 }, "irq 16 already used" },
-        { { VMM_VIRTIO_MMIO_BASE, 4 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "already used by serial 0" },
-        { { VMM_VIRTIO_MMIO_BASE, 0 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "irq 0" },
-        { { VMM_VIRTIO_MMIO_BASE, 2 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "irq 2" },
-        { { VMM_VIRTIO_MMIO_BASE, 9 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "irq 9" },
-        { { VMM_VIRTIO_MMIO_BASE, 24 }, { VMM_VIRTIO_MMIO_BASE + 0x200, 17 }, "irq 24" },
+        { { VMM_VIRTIO_MMIO_BASE, 16 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 16 }, "irq 16 already used" },
+        { { VMM_VIRTIO_MMIO_BASE, 4 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "already used by serial 0" },
+        { { VMM_VIRTIO_MMIO_BASE, 0 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "irq 0" },
+        { { VMM_VIRTIO_MMIO_BASE, 2 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "irq 2" },
+        { { VMM_VIRTIO_MMIO_BASE, 9 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "irq 9" },
+        { { VMM_VIRTIO_MMIO_BASE, 24 }, { VMM_VIRTIO_MMIO_BASE + 0x1000, 17 }, "irq 24" },
     };
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         w[0] = cases[i].a;

@@ -369,6 +369,8 @@ static void test_config_space(void)
     vmm_virtio_mmio_access(f.echo.t, VIRTIO_MMIO_CONFIG + 11, w, 2, true);
     g_assert_cmpint(f.echo.config_writes, ==, 1);
     g_assert_cmpmem(f.echo.config, ECHO_CONFIG_SIZE, "0123XY6789ab", ECHO_CONFIG_SIZE);
+    /* The register page the guest reads without an exit follows the write. */
+    g_assert_cmpmem(f.td.shadow + VIRTIO_MMIO_CONFIG, ECHO_CONFIG_SIZE, "0123XY6789ab", ECHO_CONFIG_SIZE);
 
     /* A change: new generation; the interrupt only once the driver is up. */
     uint32_t gen = td_read(&f.td, VIRTIO_MMIO_CONFIG_GENERATION);

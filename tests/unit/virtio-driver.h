@@ -42,6 +42,7 @@ typedef struct {
     bool irq_level;
     int notifies;            /* QueueNotify writes seen by the notify hook */
     int last_notify;
+    uint8_t shadow[VIRTIO_MMIO_WINDOW_SIZE];  /* the register page, checked on every read */
 } TestDriver;
 
 static G_GNUC_UNUSED void td_init(TestDriver *td)
@@ -72,11 +73,17 @@ static G_GNUC_UNUSED void td_attach(TestDriver *td, VmmVirtioMmio *t)
     VmmVirtioMmioHost host = { .set_irq = td_set_irq, .opaque = td };
     td->t = t;
     vmm_virtio_mmio_set_host(t, &host);
+    vmm_virtio_mmio_set_shadow(t, td->shadow);
 }
 
+/* A register read, and what the guest would read from the register page
+ * without an exit: always the same. */
 static G_GNUC_UNUSED uint32_t td_read(TestDriver *td, uint64_t off)
 {
-    return vmm_virtio_mmio_read32(td->t, off);
+    uint32_t v = vmm_virtio_mmio_read32(td->t, off), page;
+    memcpy(&page, td->shadow + off, 4);
+    g_assert_cmphex(GUINT32_FROM_LE(page), ==, v);
+    return v;
 }
 
 static G_GNUC_UNUSED void td_write(TestDriver *td, uint64_t off, uint32_t v)

@@ -533,19 +533,8 @@ static gboolean conn_discard(NbdConn *conn, guint64 len, GError **error)
 
 static gboolean plain_send_iov(NbdConn *conn, struct iovec *iov, int niov, GError **error)
 {
-    while (niov > 0) {
-        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = MIN(niov, IOV_MAX) };
-        ssize_t n = sendmsg(conn->fd, &msg, MSG_NOSIGNAL);
-        if (n < 0 && errno == ENOTSOCK)
-            n = writev(conn->fd, iov, MIN(niov, IOV_MAX));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return vmm_set_errno(error, errno, "%s: send", conn->label);
-        }
-        niov = vmm_iov_consume(&iov, niov, (size_t)n);
-    }
-    return TRUE;
+    int err = vmm_send_iov_all(conn->fd, iov, (unsigned)niov, 0);
+    return err ? vmm_set_errno(error, err, "%s: send", conn->label) : TRUE;
 }
 
 /* Sends one whole message (IOV is consumed). Replies from different workers

@@ -10,6 +10,20 @@
  * left of NIOV. The array is modified. */
 unsigned vmm_iov_consume(struct iovec **iov, unsigned niov, size_t n);
 
+/* vmm_send_iov_all flags. */
+#define VMM_SEND_WAIT 1u   /* FD is non-blocking: wait while it is full */
+#define VMM_SEND_MORE 2u   /* more follows (MSG_MORE) */
+
+/* Sends all of IOV (NIOV buffers; the array is consumed) to FD: sendmsg
+ * without SIGPIPE, or writev when FD is not a socket (a pipe). EINTR is
+ * retried. Returns 0, or an errno value (EPIPE when nothing more could be
+ * sent, EAGAIN when FD is full and VMM_SEND_WAIT was not given). */
+int vmm_send_iov_all(int fd, struct iovec *iov, unsigned niov, unsigned flags);
+/* As much of *IOV as FD takes now without blocking (*IOV is consumed):
+ * returns how many buffers are left; a failure is for the next send to
+ * find. */
+unsigned vmm_send_iov_now(int fd, struct iovec **iov, unsigned niov);
+
 /* Best effort, on a Unix socket only (TCP tunes its own buffers unless told a
  * size): SO_SNDBUF and SO_RCVBUF of BYTES each, so that a large reply does
  * not wake its reader several times. Linux caps them at wmem_max/rmem_max. */

@@ -105,18 +105,9 @@ static gboolean wait_for(int sock, short events)
 
 static gboolean send_iov_all(int sock, struct iovec *iov, int niov, gboolean more)
 {
-    while (niov > 0) {
-        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)niov };
-        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN && wait_for(sock, POLLOUT))
-            continue;
-        if (n < 0)
-            return FALSE;
-        niov = (int)vmm_iov_consume(&iov, (unsigned)niov, (size_t)n);
-    }
-    return TRUE;
+    int err = vmm_send_iov_all(sock, iov, (unsigned)niov, VMM_SEND_WAIT | (more ? VMM_SEND_MORE : 0));
+    errno = err;
+    return err == 0;
 }
 
 /* Moves everything in the pipe to the socket. */

@@ -213,23 +213,6 @@ static void on_wake(uv_async_t *a)
     }
 }
 
-/* As much of IOV as the socket takes now, without blocking; IOV is
- * consumed. Returns how many buffers are left. */
-static unsigned send_now(int fd, struct iovec **iov, unsigned niov)
-{
-    while (niov > 0) {
-        struct msghdr m = { .msg_iov = *iov, .msg_iovlen = niov };
-        ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && errno == ENOTSOCK)
-            n = writev(fd, *iov, (int)niov);   /* a pipe handed to serve_fd */
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;   /* full, or broken: the loop's write finds out which */
-        niov = vmm_iov_consume(iov, niov, (size_t)n);
-    }
-    return niov;
-}
 
 /* What is left of a reply, for the loop to write: IOV, then what PIPE still
  * holds, read out of it. NULL if the pipe would not give it back. */
@@ -262,7 +245,7 @@ static void client_send(FsdConn *c, const struct iovec *msg, unsigned niov, VmmS
     g_mutex_lock(&cl->out_lock);
     unsigned left = niov;
     if (cl->fd >= 0 && cl->loop_writes == 0 && g_queue_is_empty(&cl->out)) {
-        left = send_now(cl->fd, &iov, niov);
+        left = vmm_send_iov_now(cl->fd, &iov, niov);
         if (!left && pipe)
             vmm_splice_drain_now(pipe, cl->fd);   /* a failure is the loop's to find */
     }

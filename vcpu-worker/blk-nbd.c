@@ -203,16 +203,9 @@ guint vmm_blk_nbd_in_flight(VmmBlkNbd *c)
 /* Writes all of IOV (modified). */
 static gboolean write_all(int fd, struct iovec *iov, unsigned niov)
 {
-    while (niov > 0) {
-        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = MIN(niov, (unsigned)MAX_IOV) };
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return FALSE;
-        niov = vmm_iov_consume(&iov, niov, (size_t)n);
-    }
-    return TRUE;
+    int err = vmm_send_iov_all(fd, iov, niov, 0);
+    errno = err;
+    return err == 0;
 }
 
 /* Reads exactly LEN bytes; with a deadline (monotonic µs, 0: none) it polls. */

@@ -192,18 +192,8 @@ static void connection_lost(VmmVirtio9p *p, guint gen, const char *reason)
 
 static gboolean send_all(int fd, struct iovec *iov, unsigned niov, int *err)
 {
-    while (niov > 0) {
-        struct msghdr msg = { .msg_iov = iov, .msg_iovlen = MIN(niov, (unsigned)IOV_MAX) };
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            *err = n < 0 ? errno : EPIPE;
-            return FALSE;
-        }
-        niov = vmm_iov_consume(&iov, niov, (size_t)n);
-    }
-    return TRUE;
+    *err = vmm_send_iov_all(fd, iov, niov, 0);
+    return *err == 0;
 }
 
 static void send_free(Send *s)

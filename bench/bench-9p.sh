@@ -86,13 +86,35 @@ check_run() { # NAME
   grep -a "^GUEST-MOUNT" "$T/$1.out" | tail -1 | sed "s/^GUEST-MOUNT /$1 mount: /"
 }
 
+# Waits for PID (leading session SID) to exit, as long as $T/NAME.out gets
+# a GUEST-FS line at least every 600 s; a stuck run gets the stacks of the
+# session's threads (user space by gdb, the kernel's from /proc) and fails.
+wait_progress() { # NAME PID SID...
+  local name=$1 pid=$2 last=-1 n end=$((SECONDS + 600)) sid
+  shift 2
+  while [ "$SECONDS" -lt "$end" ]; do
+    kill -0 "$pid" 2>/dev/null || return 0
+    n=$(grep -ac "^GUEST-FS" "$T/$name.out" || true)
+    [ "$n" != "$last" ] && { last=$n; end=$((SECONDS + 600)); }
+    sleep 0.5
+  done
+  echo "$name: no progress for 600 s after $last GUEST-FS lines; its threads:" >&2
+  for sid in "$@"; do
+    for p in $(ps -e -o pid=,sid= | awk -v s="$sid" '$2 == s { print $1 }'); do
+      echo "--- $(cat "/proc/$p/comm") $p; kernel: $(tr '\n' ' ' <"/proc/$p/stack" 2>/dev/null | cut -c1-300)" >&2
+      gdb -p "$p" -batch -ex "thread apply all bt 12" 2>/dev/null | grep -E "^#|^Thread" | head -80 >&2 || true
+    done
+  done
+  tail -30 "$T/$name.out" >&2
+  die "$name: stuck"
+}
+
 run_guest() { # NAME COMMAND...
   local name=$1; shift
   fresh_export
   setsid "$@" </dev/null >"$T/$name.out" 2>&1 &
   PID=$!
-  for _ in $(seq 18000); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$PID" 2>/dev/null && die "$name: still running after 1800 s"
+  wait_progress "$name" "$PID" "$PID"
   wait "$PID" || true
   PID=
   tr -d '\r' <"$T/$name.out" >"$T/$name.tmp" && mv "$T/$name.tmp" "$T/$name.out"
@@ -112,7 +134,12 @@ run_tcp() { # NAME PORT COMMAND...
     sleep 0.1
   done
   [ -n "$ok" ] || { cat "$T/$name.log" >&2; die "$name: cannot mount 127.0.0.1:$port"; }
-  { B=busybox; eval "$(workload "$name" "$T/mnt" "$T/guest-fs")"; } >"$T/$name.out" 2>&1 || true
+  # The workload in a session of its own beside the server's, watched the same way.
+  workload "$name" "$T/mnt" "$T/guest-fs" >"$T/$name.sh"
+  setsid env B=busybox bash "$T/$name.sh" </dev/null >"$T/$name.out" 2>&1 &
+  local wpid=$!
+  wait_progress "$name" "$wpid" "$wpid" "$PID"
+  wait "$wpid" || true
   umount "$T/mnt"
   kill -TERM -- -"$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true
   PID=

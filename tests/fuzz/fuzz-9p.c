@@ -1,6 +1,7 @@
 /* The 9P2000.L decoder (fsd/9p-wire.c): any bytes decode or fail cleanly; what
- * decodes re-encodes to exactly the input, and the readdir entries inside an
- * Rreaddir parse without reading past it. */
+ * decodes re-encodes to exactly the input (and its head without the data to
+ * the input's first bytes), and the readdir entries inside an Rreaddir parse
+ * without reading past it. */
 #include "fsd/9p-wire.h"
 
 #include <stdint.h>
@@ -38,6 +39,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fprintf(stderr, "%s does not re-encode to its input\n", p9_type_name(f.type));
             abort();
         }
+        /* The head alone (the form fsd sends an Rread in) is the same bytes
+         * up to the data, and counts the data in its size. */
+        GByteArray *head = g_byte_array_new();
+        guint32 data_len = 0;
+        if (!p9_encode_head(&f, G_MAXUINT32, head, &data_len, NULL) || head->len + data_len != size ||
+            memcmp(head->data, buf, head->len) != 0) {
+            fprintf(stderr, "%s: its head does not match its encoding\n", p9_type_name(f.type));
+            abort();
+        }
+        g_byte_array_unref(head);
         if (f.type == P9_RREADDIR)
             walk_dirents(&f);
         g_byte_array_unref(out);

@@ -110,23 +110,35 @@ static gboolean send_iov_all(int sock, struct iovec *iov, int niov, gboolean mor
     return err == 0;
 }
 
-/* Moves everything in the pipe to the socket. */
-static gboolean drain(VmmSplicePipe *p, int sock, gboolean more)
+/* Moves what the pipe holds to the socket: all of it, waiting while the
+ * socket is full (WAIT), or what the socket takes now. Returns the bytes
+ * moved, -1 with errno when the connection failed. */
+static gssize move_to_socket(VmmSplicePipe *p, int sock, gboolean more, gboolean wait)
 {
+    gsize done = 0;
+    unsigned flags = (more ? SPLICE_F_MORE : 0) | (wait ? 0 : SPLICE_F_NONBLOCK);
     while (p->held > 0) {
-        ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, more ? SPLICE_F_MORE : 0);
+        ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, flags);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN && wait_for(sock, POLLOUT))
+        if (n < 0 && errno == EAGAIN && wait && wait_for(sock, POLLOUT))
             continue;
+        if (n < 0 && errno == EAGAIN && !wait)
+            break;
         if (n <= 0) {
             if (n == 0)
                 errno = EPIPE;
-            return FALSE;
+            return -1;
         }
         p->held -= (gsize)n;
+        done += (gsize)n;
     }
-    return TRUE;
+    return (gssize)done;
+}
+
+static gboolean drain(VmmSplicePipe *p, int sock, gboolean more)
+{
+    return move_to_socket(p, sock, more, TRUE) >= 0;
 }
 
 static gboolean send_zeroes(int sock, guint64 len)
@@ -250,32 +262,14 @@ gboolean vmm_splice_send_iov(VmmSplicePipe *p, int sock, const struct iovec *hdr
     return guard_end(&g, ok);
 }
 
-static gssize drain_now(VmmSplicePipe *p, int sock)
-{
-    gsize done = 0;
-    while (p->held > 0) {
-        ssize_t n = splice(p->rd, NULL, sock, NULL, p->held, SPLICE_F_NONBLOCK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            break;
-        if (n <= 0) {
-            if (n == 0)
-                errno = EPIPE;
-            p->broken = TRUE;
-            return -1;
-        }
-        p->held -= (gsize)n;
-        done += (gsize)n;
-    }
-    return (gssize)done;
-}
 
 gssize vmm_splice_drain_now(VmmSplicePipe *p, int sock)
 {
     PipeSignalGuard g;
     guard_begin(&g);
-    gssize n = drain_now(p, sock);
+    gssize n = move_to_socket(p, sock, FALSE, FALSE);
+    if (n < 0)
+        p->broken = TRUE;
     guard_end(&g, n >= 0);
     return n;
 }

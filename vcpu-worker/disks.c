@@ -182,7 +182,7 @@ static void on_io_error(void *opaque, VmmVirtioBlk *blk, VmmBlkErrorAction actio
         uv_async_send(k->owner->async);
 }
 
-static bool blk_work(void *opaque)
+static bool blk_work(void *opaque, gint64 *wake_ms)
 {
     Disk *k = opaque;
     vmm_virtio_mmio_process_queue(vmm_virtio_blk_transport(k->blk), 0);

@@ -215,7 +215,7 @@ static void on_lost(void *opaque, const char *reason, unsigned failed)
         uv_async_send(f->owner->async);
 }
 
-static bool fsdev_work(void *opaque)
+static bool fsdev_work(void *opaque, gint64 *wake_ms)
 {
     vmm_virtio_mmio_process_queue(vmm_virtio_9p_transport(opaque), 0);
     return false;

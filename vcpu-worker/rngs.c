@@ -10,6 +10,8 @@
 typedef struct {
     char *id;
     int fd;
+    guint64 max_bytes;         /* -device virtio-rng-device,max-bytes=,period= */
+    guint32 period_ms;
     VmmGuestMem mem;
     VmmVirtioRng *rng;
     VmmVirtioSlot *slot;
@@ -65,6 +67,10 @@ gboolean vmm_rngs_attach(VmmRngs *r, JsonObject *args, int fd, GError **error)
     Rng *g = g_new0(Rng, 1);
     g->id = g_strdup(id);
     g->fd = fd;
+    gint64 max_bytes = json_object_get_int_member_with_default(args, "max-bytes", G_MAXINT64);
+    gint64 period = json_object_get_int_member_with_default(args, "period", VMM_VIRTIO_RNG_DEFAULT_PERIOD_MS);
+    g->max_bytes = (guint64)MAX(max_bytes, 0);
+    g->period_ms = (guint32)CLAMP(period, 1, G_MAXUINT32);
     g_ptr_array_add(r->rngs, g);
     return TRUE;
 }
@@ -77,9 +83,9 @@ guint vmm_rngs_slots(VmmRngs *r, guint first, VmmVirtioMmioSlot *slots, guint ma
     return n;
 }
 
-static bool rng_work(void *opaque)
+static bool rng_work(void *opaque, gint64 *wake_ms)
 {
-    return vmm_virtio_rng_process(opaque);
+    return vmm_virtio_rng_process(opaque, wake_ms);
 }
 
 gboolean vmm_rngs_plug(VmmRngs *r, VmmVm *vm, guint first, GError **error)
@@ -91,6 +97,7 @@ gboolean vmm_rngs_plug(VmmRngs *r, VmmVm *vm, guint first, GError **error)
         Rng *g = r->rngs->pdata[i];
         vmm_virtio_slot_guest_mem(vm, &g->mem);
         g->rng = vmm_virtio_rng_new(g->id, &g->mem, g->fd);
+        vmm_virtio_rng_set_limit(g->rng, g->max_bytes, g->period_ms);
         g_autofree char *name = g_strdup_printf("virtio-rng '%s'", g->id);
         VmmVirtioSlotConfig cfg = { .name = name, .slot = first + i,
                                     .transport = vmm_virtio_rng_transport(g->rng),

@@ -74,24 +74,38 @@ static void on_set_irq(void *opaque, bool level)
         vmm_irq_line_set(&s->irq, level);
 }
 
+/* poll()'s timeout until WAKE_MS (-1: none). */
+static int poll_timeout(gint64 wake_ms)
+{
+    if (wake_ms < 0)
+        return -1;
+    gint64 left = wake_ms - g_get_monotonic_time() / 1000;
+    return (int)CLAMP(left, 0, G_MAXINT);
+}
+
 static gpointer io_thread(gpointer data)
 {
     VmmVirtioSlot *s = data;
     bool waiting = false;
+    gint64 wake_ms = -1;
     for (;;) {
         struct pollfd p[3] = {
             { .fd = s->kick_fd, .events = POLLIN },
             { .fd = s->stop_fd, .events = POLLIN },
             { .fd = waiting ? s->cfg.wait_fd : -1, .events = POLLIN },
         };
-        if (poll(p, 3, -1) < 0 && errno != EINTR)
+        int r = poll(p, 3, poll_timeout(wake_ms));
+        if (r < 0 && errno != EINTR)
             break;
         if (p[1].revents)
             break;
         guint64 n;
         gboolean kicked = p[0].revents && read(s->kick_fd, &n, sizeof(n)) == sizeof(n);
-        if (kicked || p[2].revents)
-            waiting = s->cfg.work(s->cfg.opaque) && s->cfg.wait_fd >= 0;
+        gboolean woken = wake_ms >= 0 && g_get_monotonic_time() / 1000 >= wake_ms;
+        if (kicked || p[2].revents || woken) {
+            wake_ms = -1;
+            waiting = s->cfg.work(s->cfg.opaque, &wake_ms) && s->cfg.wait_fd >= 0;
+        }
     }
     return NULL;
 }

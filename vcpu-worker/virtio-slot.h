@@ -14,8 +14,10 @@
 
 /* The device's queue work, on the slot's I/O thread. TRUE: requests wait
  * for WAIT_FD to become readable (an entropy source that ran dry), and the
- * thread calls again when it is. */
-typedef bool (*VmmVirtioSlotWorkFn)(void *opaque);
+ * thread calls again when it is. *WAKE_MS (preset to -1): a time on
+ * g_get_monotonic_time() / 1000 at which the thread calls again even
+ * without a kick (a rate limit's next period). */
+typedef bool (*VmmVirtioSlotWorkFn)(void *opaque, gint64 *wake_ms);
 
 typedef struct {
     const char *name;              /* for the bus and messages: "virtio-rng 'rng0'" */

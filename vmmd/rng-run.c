@@ -50,7 +50,7 @@ gboolean vmm_rng_attach_all(Vmmd *d, VmmHelperProc *hp, GError **error)
         const VmmRngDevice *r = vm->rng_devices->pdata[i];
         JsonObject *args = json_object_new();
         json_object_set_string_member(args, "id", r->id);
-        json_object_set_int_member(args, "max-bytes", (gint64)MIN(r->max_bytes, (guint64)G_MAXINT64));
+        json_object_set_int_member(args, "max-bytes", (gint64)r->max_bytes);   /* < 2^63: rng.c */
         json_object_set_int_member(args, "period", r->period_ms);
         int fd = g_array_index(d->rng_fds, int, i);
         if (!vmm_channel_call(vmm_helper_proc_channel(hp), VMM_CMD_RNG_ATTACH, args, &fd, 1,

@@ -22,6 +22,46 @@ gboolean vmm_rng_device_is_rng(const char *driver)
     return g_str_equal(driver, "virtio-rng-device");
 }
 
+/* Integers without size suffixes, with QEMU 7.2's messages. */
+static gboolean parse_max_bytes(const char *text, guint64 *out, GError **error)
+{
+    guint64 v;
+    /* QEMU wraps a negative number and then refuses it with this message. */
+    if (text[0] == '-' && vmm_parse_number(NULL, NULL, text + 1, &v, NULL))
+        v = G_MAXUINT64;
+    else if (!vmm_parse_number(NULL, NULL, text, &v, NULL)) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "Parameter 'max-bytes' expects integer");
+        return FALSE;
+    }
+    if (v > (guint64)G_MAXINT64) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
+                    "'max-bytes' parameter must be non-negative, and less than 2^63");
+        return FALSE;
+    }
+    *out = v;
+    return TRUE;
+}
+
+static gboolean parse_period(const char *text, guint32 *out, GError **error)
+{
+    guint64 v;
+    gboolean negative = text[0] == '-';
+    if (!vmm_parse_number(NULL, NULL, text + negative, &v, NULL)) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "Parameter 'period' expects integer");
+        return FALSE;
+    }
+    if (negative || v > G_MAXUINT32) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "Parameter 'period' expects uint32_t");
+        return FALSE;
+    }
+    if (v == 0) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "'period' parameter expects a positive integer");
+        return FALSE;
+    }
+    *out = (guint32)v;
+    return TRUE;
+}
+
 static gboolean fill_rng_device(VmmRngDevice *r, JsonObject *o, guint index, GError **error)
 {
     static const char *const known[] = { "driver", "id", "rng", "max-bytes", "period", NULL };
@@ -38,19 +78,10 @@ static gboolean fill_rng_device(VmmRngDevice *r, JsonObject *o, guint index, GEr
     r->rng = g_strdup(vmm_opts_get_string(o, "rng", NULL));
     r->max_bytes = DEFAULT_MAX_BYTES;
     r->period_ms = DEFAULT_PERIOD_MS;
-    if (vmm_opts_has(o, "max-bytes") &&
-        !vmm_parse_size(NULL, "max-bytes", vmm_opts_get_string(o, "max-bytes", ""), &r->max_bytes, error))
+    if (vmm_opts_has(o, "max-bytes") && !parse_max_bytes(vmm_opts_get_string(o, "max-bytes", ""), &r->max_bytes, error))
         return FALSE;
-    if (vmm_opts_has(o, "period")) {
-        guint64 period = 0;
-        const char *text = vmm_opts_get_string(o, "period", "");
-        if (!vmm_parse_size(NULL, "period", text, &period, error) || period == 0 || period > G_MAXUINT32) {
-            g_clear_error(error);
-            g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "'period' parameter expects a positive integer");
-            return FALSE;
-        }
-        r->period_ms = (guint32)period;
-    }
+    if (vmm_opts_has(o, "period") && !parse_period(vmm_opts_get_string(o, "period", ""), &r->period_ms, error))
+        return FALSE;
     return TRUE;
 }
 

@@ -103,9 +103,11 @@ static void test_dry_source_keeps_requests(void)
     g_assert_cmpuint(td_used_idx(&f.td, 0), ==, 0);
     g_assert_false(f.td.irq_level);
     /* The owner polls the fd; with bytes there, processing resumes. */
-    g_assert_true(vmm_virtio_rng_process(f.rng));
+    gint64 wake_ms;
+    g_assert_true(vmm_virtio_rng_process(f.rng, &wake_ms));
+    g_assert_cmpint(wake_ms, ==, -1);
     feed(&f, "12345678", 8);
-    g_assert_false(vmm_virtio_rng_process(f.rng));
+    g_assert_false(vmm_virtio_rng_process(f.rng, &wake_ms));
     uint32_t id, len;
     g_assert_true(td_get_used(&f.td, 0, &id, &len));
     g_assert_cmpuint(id, ==, ha);
@@ -125,7 +127,8 @@ static void test_source_at_end(void)
     request(&f, td_alloc(&f.td, 4), 4);
     request(&f, td_alloc(&f.td, 4), 4);
     g_assert_cmpuint(td_used_idx(&f.td, 0), ==, 0);
-    g_assert_false(vmm_virtio_rng_process(f.rng));
+    gint64 wake_ms;
+    g_assert_false(vmm_virtio_rng_process(f.rng, &wake_ms));
     g_assert_cmphex(vmm_virtio_mmio_status(f.td.t) & VIRTIO_STATUS_NEEDS_RESET, ==, 0);
     fixture_destroy(&f);
 }
@@ -183,6 +186,62 @@ static void test_urandom(void)
     fixture_destroy(&f);
 }
 
+/* max-bytes=10,period=10000: a period's quota is shared by its requests,
+ * the rest wait for the period's end, when the thread is to call again. */
+static void test_rate_limit(void)
+{
+    Fixture f;
+    fixture_init(&f);
+    vmm_virtio_rng_set_limit(f.rng, 10, 10000);
+    feed(&f, "abcdefghijklmnopqrstuvwxyz", 26);
+    gint64 start = vmm_virtio_rng_now_ms();
+    uint64_t a = td_alloc(&f.td, 8), b = td_alloc(&f.td, 8), c = td_alloc(&f.td, 8);
+    request(&f, a, 8);
+    request(&f, b, 8);
+    request(&f, c, 8);
+    uint32_t id, len;
+    g_assert_true(td_get_used(&f.td, 0, &id, &len));
+    g_assert_cmpuint(len, ==, 8);
+    g_assert_true(td_get_used(&f.td, 0, &id, &len));
+    g_assert_cmpuint(len, ==, 2);
+    g_assert_cmpmem(td_host(&f.td, b), 2, "ij", 2);
+    g_assert_false(td_get_used(&f.td, 0, &id, &len));
+
+    /* Within the period nothing more; the owner learns when to call again. */
+    gint64 wake_ms;
+    g_assert_false(vmm_virtio_rng_process_at(f.rng, start + 5000, &wake_ms));
+    g_assert_cmpint(wake_ms, >=, start + 10000);
+    g_assert_cmpint(wake_ms, <=, vmm_virtio_rng_now_ms() + 10000);
+    g_assert_false(td_get_used(&f.td, 0, &id, &len));
+
+    /* At its end the quota is whole again. */
+    g_assert_false(vmm_virtio_rng_process_at(f.rng, wake_ms, &wake_ms));
+    g_assert_cmpint(wake_ms, ==, -1);
+    g_assert_true(td_get_used(&f.td, 0, &id, &len));
+    g_assert_cmpuint(len, ==, 8);
+    g_assert_cmpmem(td_host(&f.td, c), 8, "klmnopqr", 8);
+    fixture_destroy(&f);
+}
+
+/* The default (max-bytes 2^63-1) never holds a request back. */
+static void test_no_limit_by_default(void)
+{
+    Fixture f;
+    fixture_init(&f);
+    char buf[4096];
+    memset(buf, 'x', sizeof(buf));
+    feed(&f, buf, sizeof(buf));
+    uint64_t a = td_alloc(&f.td, sizeof(buf));
+    request(&f, a, sizeof(buf));
+    uint32_t id, len;
+    g_assert_true(td_get_used(&f.td, 0, &id, &len));
+    g_assert_cmpuint(len, ==, sizeof(buf));
+    gint64 wake_ms;
+    vmm_virtio_rng_process(f.rng, &wake_ms);
+    g_assert_cmpint(wake_ms, ==, -1);
+    fixture_destroy(&f);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -193,5 +252,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio-rng/no-writable-buffer", test_no_writable_buffer);
     g_test_add_func("/virtio-rng/malformed-chain", test_malformed_chain);
     g_test_add_func("/virtio-rng/urandom", test_urandom);
+    g_test_add_func("/virtio-rng/rate-limit", test_rate_limit);
+    g_test_add_func("/virtio-rng/no-limit-by-default", test_no_limit_by_default);
     return g_test_run();
 }

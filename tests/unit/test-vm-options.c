@@ -311,7 +311,7 @@ static void test_rng_device(void)
     vmm_vm_config_clear(&vm);
 
     /* The object may come after the device, as QEMU creates objects first. */
-    expect_ok(&vm, (const char *const[]){ "-device", "virtio-rng-device,rng=r0,id=hw,max-bytes=1k,period=500",
+    expect_ok(&vm, (const char *const[]){ "-device", "virtio-rng-device,rng=r0,id=hw,max-bytes=1024,period=500",
                                           "-object", "rng-random,id=r0,filename=/dev/random", NULL });
     r = vm.rng_devices->pdata[0];
     g_assert_cmpstr(r->id, ==, "hw");
@@ -331,6 +331,14 @@ static void test_rng_device(void)
                  "-object", "memory-backend-memfd,id=m,size=1M", "-device", "virtio-rng-device,rng=m");
     EXPECT_ERROR("Property 'virtio-rng-device.foo' not found", "-device", "virtio-rng-device,foo=1");
     EXPECT_ERROR("'period' parameter expects a positive integer", "-device", "virtio-rng-device,period=0");
+    EXPECT_ERROR("Parameter 'period' expects uint32_t", "-device", "virtio-rng-device,period=-1");
+    EXPECT_ERROR("Parameter 'period' expects uint32_t", "-device", "virtio-rng-device,period=4294967296");
+    EXPECT_ERROR("Parameter 'period' expects integer", "-device", "virtio-rng-device,period=1k");
+    EXPECT_ERROR("'max-bytes' parameter must be non-negative, and less than 2^63",
+                 "-device", "virtio-rng-device,max-bytes=-1");
+    EXPECT_ERROR("'max-bytes' parameter must be non-negative, and less than 2^63",
+                 "-device", "virtio-rng-device,max-bytes=9223372036854775808");
+    EXPECT_ERROR("Parameter 'max-bytes' expects integer", "-device", "virtio-rng-device,max-bytes=1k");
     EXPECT_ERROR("'virtio-rnd-device' is not a valid device model name", "-device", "virtio-rnd-device");
 }
 

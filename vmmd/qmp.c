@@ -26,6 +26,9 @@ struct VmmQmpClient {
     VmmJsonStream stream;
     gboolean negotiated;
     gboolean closed;
+    gboolean busy;           /* a command of this client has not answered yet */
+    gboolean draining;       /* client_drain() is on the stack */
+    gboolean reading;
     int refs;
 };
 
@@ -86,14 +89,20 @@ static void client_send_object(VmmQmpClient *c, JsonObject *o)
     client_send_node(c, node);
 }
 
+static void client_drain(VmmQmpClient *c);
+
 static void request_finish(VmmQmpRequest *req, JsonObject *reply)
 {
+    VmmQmpClient *c = req->client;
     if (req->id)
         json_object_set_member(reply, "id", req->id);
-    client_send_object(req->client, reply);
+    client_send_object(c, reply);
     json_object_unref(reply);
-    client_unref(req->client);
     g_free(req);
+    c->busy = FALSE;
+    if (!c->draining && !c->closed)
+        client_drain(c);    /* the commands that came while this one ran */
+    client_unref(c);
 }
 
 void vmm_qmp_return(VmmQmpRequest *req, JsonNode *ret)
@@ -131,6 +140,7 @@ static VmmQmpRequest *request_new(VmmQmpClient *c, JsonNode *id)
     req->client = c;
     req->id = id ? json_node_copy(id) : NULL;
     c->refs++;
+    c->busy = TRUE;
     return req;
 }
 
@@ -233,6 +243,40 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = 65536;
 }
 
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* As QEMU's monitor, one command at a time per client, in the order sent:
+ * a command waits for the one before it to answer (stop, then cont, then
+ * query-status see each other's effect and answer in order). Reading stops
+ * while a command runs, so a client cannot queue without bound. */
+static void client_drain(VmmQmpClient *c)
+{
+    c->refs++; /* a command may close the client (quit) while we loop */
+    c->draining = TRUE;
+    while (!c->busy && !c->closed) {
+        gboolean too_big = FALSE;
+        g_autofree char *text = vmm_json_stream_next(&c->stream, &too_big);
+        if (too_big) {
+            VmmQmpRequest *req = request_new(c, NULL);
+            vmm_qmp_error(req, "GenericError", "JSON parse error, input exceeds %d bytes",
+                          QMP_MAX_INPUT);
+            continue;
+        }
+        if (!text)
+            break;
+        handle_text(c, text);
+    }
+    c->draining = FALSE;
+    if (!c->closed && c->busy == c->reading) {
+        if (c->busy)
+            uv_read_stop((uv_stream_t *)&c->pipe);
+        else
+            uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+        c->reading = !c->busy;
+    }
+    client_unref(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     VmmQmpClient *c = s->data;
@@ -243,21 +287,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     vmm_json_stream_feed(&c->stream, buf->base, n);
     g_free(buf->base);
-    c->refs++; /* a command may close the client (quit) while we loop */
-    for (;;) {
-        gboolean too_big = FALSE;
-        g_autofree char *text = vmm_json_stream_next(&c->stream, &too_big);
-        if (too_big) {
-            VmmQmpRequest *req = request_new(c, NULL);
-            vmm_qmp_error(req, "GenericError", "JSON parse error, input exceeds %d bytes",
-                          QMP_MAX_INPUT);
-            continue;
-        }
-        if (!text || c->closed)
-            break;
-        handle_text(c, text);
-    }
-    client_unref(c);
+    client_drain(c);
 }
 
 static void send_greeting(VmmQmpClient *c)
@@ -308,6 +338,7 @@ static void on_connection(uv_stream_t *listener, int status)
     g_ptr_array_add(clients, c);
     send_greeting(c);
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    c->reading = TRUE;
     if (!s->first_client_seen) {
         s->first_client_seen = TRUE;
         vmm_qmp_first_client(s->d);

@@ -229,10 +229,22 @@ typedef struct {
     gpointer user;
 } VmCall;
 
+/* The run state once every stop, cont and reset sent to vcpu-worker is done:
+ * a command that comes meanwhile acts on that, as QEMU's cont does on a
+ * pending io-error stop (the VM stops, then runs again: STOP, RESUME), and a
+ * vmmd's own io-error stop on a cont in flight (it runs, then stops). The
+ * channel keeps the calls in the order they were sent. */
+static const char *status_soon(Vmmd *d)
+{
+    return d->status_calls ? d->status_soon : d->status;
+}
+
 static void on_vm_call(VmmChannel *ch, JsonObject *result, const GError *error, int *fds,
                        guint nfds, gpointer user)
 {
     VmCall *c = user;
+    if (c->status && --c->d->status_calls == 0)
+        c->d->status_soon = NULL;
     if (!error) {
         if (c->status)
             c->d->status = c->status;
@@ -254,8 +266,13 @@ static void vm_call(Vmmd *d, const char *cmd, VmCall *tmpl)
     VmmChannel *ch = worker_channel(d);
     if (!ch)
         g_set_error(&err, VMM_ERROR, VMM_ERROR_FAILED, "vcpu-worker is not running");
-    else if (vmm_channel_call(ch, cmd, NULL, NULL, 0, on_vm_call, c, &err))
+    else if (vmm_channel_call(ch, cmd, NULL, NULL, 0, on_vm_call, c, &err)) {
+        if (c->status) {
+            d->status_calls++;
+            d->status_soon = c->status;
+        }
         return;
+    }
     if (c->done)
         c->done(d, err, c->user);
     else
@@ -281,7 +298,7 @@ static gboolean guest_can_run(Vmmd *d, GError **error)
 void vmm_vm_stop(Vmmd *d, const char *status, VmmVmDoneFn done, gpointer user)
 {
     g_autoptr(GError) err = NULL;
-    if (!guest_can_run(d, &err) || !g_str_equal(d->status, "running")) {
+    if (!guest_can_run(d, &err) || !g_str_equal(status_soon(d), "running")) {
         /* Stopping a stopped guest succeeds and changes nothing, as in QEMU. */
         if (done)
             done(d, NULL, user);
@@ -311,7 +328,7 @@ void vmm_vm_cont(Vmmd *d, VmmVmDoneFn done, gpointer user)
     }
     /* As QEMU's cont: the drives' I/O status is reset; vm-cont retries the requests an io-error stop kept. */
     vmm_drives_cont(d);
-    if (g_str_equal(d->status, "running")) {
+    if (g_str_equal(status_soon(d), "running")) {
         if (done)
             done(d, NULL, user);
         return;
@@ -343,8 +360,8 @@ void vmm_vm_reset(Vmmd *d, const char *reason, gboolean guest, VmmVmDoneFn done,
     }
     /* vcpu-worker rebuilds the machine on the same RAM and boots the kernel
      * again; a paused guest stays paused, an ended one (-no-shutdown) runs. */
-    const char *status = g_str_equal(d->status, "running") || d->guest_state == VMM_GUEST_ENDED ?
-                         "running" : d->status;
+    const char *status = g_str_equal(status_soon(d), "running") || d->guest_state == VMM_GUEST_ENDED ?
+                         "running" : status_soon(d);
     d->guest_state = VMM_GUEST_RUNNING;
     vm_call(d, VMM_CMD_VM_RESET, &(VmCall){ .status = status, .event = "RESET", .reason = reason,
                                             .guest = guest, .done = done, .user = user });

@@ -60,6 +60,8 @@ struct Vmmd {
     gboolean quitting;
     int exit_code;
     const char *status;      /* QMP run state */
+    const char *status_soon; /* the run state the run-control calls in flight leave (vm.c) */
+    guint status_calls;      /* how many of those are in flight */
     enum { VMM_GUEST_NONE, VMM_GUEST_RUNNING, VMM_GUEST_ENDED } guest_state; /* vm.c */
     struct VmmSerialRun *serial_rt; /* COM1's backend (serial.c) */
     gboolean vm_autostart;   /* -S, and cont came before the guest was built (vm.c) */

@@ -46,6 +46,40 @@ skip() { echo "SKIP: $*"; exit 77; }
 [ -r /dev/kvm ] && [ -w /dev/kvm ] || skip "/dev/kvm is not usable by $(id -un)"
 
 Q() { "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 10 "$@"; }
+# As QEMU's monitor: commands a client sends together run one at a time and
+# answer in order (stop, cont, query-status says running).
+pipelined_stop_cont() {
+  python3 - "$T/qmp.sock" <<'EOF'
+import json, socket, sys
+
+def client():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    f = s.makefile("rb")
+    json.loads(f.readline())
+    s.sendall(b'{"execute": "qmp_capabilities"}\n')
+    assert "return" in json.loads(f.readline())
+    return s, f
+
+def send(s, *cmds):
+    s.sendall(b"".join(json.dumps({"execute": c, "id": i}).encode() + b"\n" for c, i in cmds))
+
+def replies(f, n):
+    out, events = [], []
+    while len(out) < n:
+        m = json.loads(f.readline())
+        (events.append(m["event"]) if "event" in m else out.append(m))
+    return out, events
+
+a, fa = client()
+send(a, ("stop", 1), ("cont", 2), ("query-status", 3))
+out, events = replies(fa, 3)
+assert [m["id"] for m in out] == [1, 2, 3], out
+assert out[2]["return"]["status"] == "running", out
+assert events[:2] == ["STOP", "RESUME"], events
+EOF
+}
 markers() { [ -f "$1" ] && awk '/VMM-TINY-OK/ { n++ } END { print n + 0 }' "$1" || echo 0; }
 wait_for() { # CONDITION-COMMAND... within 20 s
   for _ in $(seq 200); do "$@" && return 0; sleep 0.1; done
@@ -129,6 +163,7 @@ control)
   Q human-monitor-command command-line="info  status" | grep -q 'VM status: paused' || fail "HMP"
   Q stop >/dev/null || fail "a second stop fails"
   Q --wait-event RESUME cont >/dev/null || fail "cont after stop: no RESUME"
+  pipelined_stop_cont || fail "stop and cont sent together"
   Q --wait-event RESET system_reset | grep -q host-qmp-system-reset || fail "system_reset: no RESET"
   wait_for at_least "$T/console" 2 || fail "the guest did not boot again after system_reset"
   Q --wait-event POWERDOWN system_powerdown >/dev/null || fail "system_powerdown: no POWERDOWN"

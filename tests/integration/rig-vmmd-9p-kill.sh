@@ -18,7 +18,7 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tr -d '\r' <"$T/out" | tail -40 >&2; exit 1; }
+fail() { echo "FAIL: $*" >&2; tr -d '\r' <"$T/out" | tail -40 >&2; grep -a -m1 "guest triple fault" "$T/out" >&2 || true; exit 1; }
 Q() { "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 20 "$@"; }
 console() { tr -d '\r' <"$T/out" >"$T/console" 2>/dev/null || : >"$T/console"; }
 has() { console; grep -aq "^$1" "$T/console"; }

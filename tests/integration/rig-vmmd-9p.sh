@@ -26,7 +26,7 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; exit 1; }
+fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; grep -a -m1 "guest triple fault" "$T/out" >&2 || true; exit 1; }
 # The exports live on ext4: L1's /tmp is a tmpfs, which has no user.* xattrs.
 truncate -s 256M "$T/fs.img"
 mkfs.ext4 -q -F "$T/fs.img"

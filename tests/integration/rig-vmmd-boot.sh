@@ -15,7 +15,7 @@ T=$(mktemp -d /tmp/rig-boot.XXXXXX)
 PID=
 cleanup() { [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true; exec 3>&- 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tr -d '\r' <"$T/out" | tail -60 >&2; exit 1; }
+fail() { echo "FAIL: $*" >&2; tr -d '\r' <"$T/out" | tail -60 >&2; grep -a -m1 "guest triple fault" "$T/out" >&2 || true; exit 1; }
 
 # No pipes into grep -q (pipefail and SIGPIPE) and no <(...) (L1 has no /dev/fd).
 has() { tr -d '\r' <"$T/out" >"$T/out.clean"; grep -q -- "$1" "$T/out.clean"; }

@@ -26,7 +26,7 @@ PID=
 cleanup() { [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true; rm -rf "$T"; }
 trap cleanup EXIT
 export TMPDIR=$T   # -snapshot's overlay; the rig's /var/tmp is read-only
-fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; exit 1; }
+fail() { echo "FAIL: $*" >&2; tail -40 "$T/out" >&2; grep -a -m1 "guest triple fault" "$T/out" >&2 || true; exit 1; }
 
 # The guest's side. busybox only; `exit` so that sh never reads the zeroes
 # after the text.

@@ -26,6 +26,7 @@ fail() {
   echo "FAIL: $*" >&2
   echo "--- vmmd:" >&2; tr -d '\r' <"$T/out" | tail -30 >&2
   echo "--- console:" >&2; tr -d '\r' <"$T/console" 2>/dev/null | tail -30 >&2
+  grep -a -m1 "guest triple fault" "$T/out" >&2 || true
   exit 1
 }
 Q() { "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 60 "$@"; }

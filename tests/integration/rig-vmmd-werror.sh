@@ -40,6 +40,7 @@ fail() {
   echo "FAIL: $*" >&2
   echo "--- vmmd and console:" >&2; tr -d '\r' <"$T/out" 2>/dev/null | tail -40 >&2
   echo "--- QMP events and replies:" >&2; cat "$T/events" 2>/dev/null | tail -30 >&2
+  grep -a -m1 "guest triple fault" "$T/out" >&2 || true
   exit 1
 }
 Q() { "$BIN/vmmctl" -s "$T/qmp.sock" --raw -t 60 "$@"; }

@@ -29,3 +29,11 @@ theirs=$(best seconds qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256
            -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND")
 printf 'boot to marker + poweroff (best of %d): vmmd %.2f s, qemu microvm %.2f s, ratio %.2f\n' \
   "$RUNS" "$ours" "$theirs" "$(echo "scale=3; $theirs / $ours" | bc)"
+# QEMU's microvm has no RTC under KVM unless rtc=on, yet its FADT does not
+# say so, and Linux's rtc_cmos probe then waits on a port that reads 0xff;
+# vmmd's FADT says "no CMOS RTC". With rtc=on QEMU's guest finds a working
+# RTC and skips that wait: the comparison without the difference.
+rtc=$(best seconds qemu-system-x86_64 -enable-kvm -M microvm,rtc=on -cpu host -m 256 -nographic -no-reboot \
+        -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND")
+printf 'the same with qemu -M microvm,rtc=on: qemu %.2f s, ratio %.2f\n' \
+  "$rtc" "$(echo "scale=3; $rtc / $ours" | bc)"

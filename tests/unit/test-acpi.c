@@ -256,6 +256,7 @@ static void test_tables(void)
     g_assert_cmpuint(vmm_get_le32(fadt + 4), ==, 268);
     guint32 flags = vmm_get_le32(fadt + 112);
     g_assert_cmphex(flags, ==, (1u << 20) | (1u << 10));
+    g_assert_cmphex(vmm_get_le16(fadt + 109), ==, (1u << 5) | (1u << 2));  /* no CMOS RTC, no VGA */
     g_assert_cmphex(vmm_get_le32(fadt + 40), ==, t.dsdt);
     g_assert_cmphex(vmm_get_le64(fadt + 140), ==, t.dsdt);
     g_assert_cmphex(vmm_get_le32(fadt + 36), ==, 0);   /* no FACS: hardware-reduced */
@@ -551,6 +552,9 @@ static void test_iasl(void)
     g_autofree char *fadt = disassemble(dir, ram, t.fadt, "facp");
     expect_match(fadt, "Hardware Reduced \\(V5\\) : 1", 1);
     expect_match(fadt, "Reset Register Supported \\(V2\\) : 1", 1);
+    expect_match(fadt, "CMOS RTC Not Present \\(V5\\) : 1", 1);
+    expect_match(fadt, "VGA Not Present \\(V4\\) : 1", 1);
+    expect_match(fadt, "8042 Present on ports 60/64 \\(V2\\) : 0", 1);
     expect_match(fadt, "Reset Register : \\[Generic Address Structure\\].{0,400}?"
                        "Address : 00000000FEA00202\n", 1);
     expect_match(fadt, "Sleep Control Register : \\[Generic Address Structure\\].{0,400}?"

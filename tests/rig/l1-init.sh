@@ -17,6 +17,10 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 exec </dev/console >/dev/console 2>&1
+# vmmd's guest RAM is a memfd (shmem), which gets transparent huge pages only
+# where the host allows them for a mapping that asks, as a host set up for
+# VMs would (docs/kvm.md); QEMU's anonymous guest RAM gets them by default.
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null
 
 log() { echo "rig-init: $*"; }
 

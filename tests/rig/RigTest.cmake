@@ -17,6 +17,9 @@
 include_guard(GLOBAL)
 
 set(VMM_RIG_DIR "${CMAKE_CURRENT_LIST_DIR}" CACHE INTERNAL "tests/rig source directory")
+# K=V;... given to every rig job, e.g. -DVMM_RIG_ENV="VMM_SPLICE=1;VMM_REGPAGE=1" to run
+# the suite over the opt-in data paths.
+set(VMM_RIG_ENV "" CACHE STRING "environment for every rig job (K=V;...)")
 set(VMM_RIG_STATE "${CMAKE_BINARY_DIR}/rig-state" CACHE INTERNAL "state directory of the rig fixture")
 
 # vmm_rig_job_command(OUT NAME TIMEOUT CWD ENV_LIST SCRIPT ARGS...): the rig-job.sh
@@ -27,7 +30,7 @@ function(vmm_rig_job_command out name timeout cwd envs)
           --env "VMM_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
           --env "VMM_BUILD_DIR=${CMAKE_BINARY_DIR}"
           --env "VMM_BIN_DIR=${VMM_BINARY_DIR}")
-  foreach(kv IN LISTS envs)
+  foreach(kv IN LISTS VMM_RIG_ENV envs)
     list(APPEND cmd --env "${kv}")
   endforeach()
   list(APPEND cmd -- ${ARGN})

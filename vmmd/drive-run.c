@@ -36,7 +36,6 @@ struct DriveRuntime {
     Vmmd *d;
     GPtrArray *drives;       /* DriveRt*, device order */
     guint blockd_gen;
-    VmmHelperProc *pending_vm_start;
     gboolean failed;
     gboolean stopping;       /* an I/O error's vm-stop is on its way: one STOP, as in QEMU */
 };
@@ -111,20 +110,6 @@ gboolean vmm_drives_ready(Vmmd *d)
     return TRUE;
 }
 
-void vmm_drives_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu)
-{
-    runtime(d)->pending_vm_start = vcpu;
-}
-
-static void maybe_start_vm(DriveRuntime *rt)
-{
-    VmmHelperProc *hp = rt->pending_vm_start;
-    if (!hp || !vmm_drives_ready(rt->d))
-        return;
-    rt->pending_vm_start = NULL;
-    vmm_vm_start(rt->d, hp);
-}
-
 /* ---- vcpu-worker: drive-attach / drive-reconnect ------------------------ */
 
 static void on_attached(VmmChannel *ch, JsonObject *result, const GError *error, int *fds,
@@ -144,7 +129,7 @@ static void on_attached(VmmChannel *ch, JsonObject *result, const GError *error,
     else
         vmm_notice("drive '%s': vcpu-worker completed the NBD handshake with blockd (%" G_GINT64_FORMAT
                    " bytes)", r->drive->id, json_object_get_int_member_with_default(result, "size", -1));
-    maybe_start_vm(r->rt);
+    vmm_vm_start_waiting(r->rt->d);
 }
 
 static JsonObject *attach_args(DriveRt *r)

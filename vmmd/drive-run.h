@@ -14,9 +14,6 @@
 void vmm_drives_helper_up(Vmmd *d, VmmHelperProc *hp, gboolean restarted);
 /* Every device attached in vcpu-worker (TRUE without devices). */
 gboolean vmm_drives_ready(Vmmd *d);
-/* vm.c: the guest waits for the drives; vmm_vm_start() is called again once
- * they are ready. */
-void vmm_drives_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu);
 /* vcpu-worker's drive events: BLOCK_IO_ERROR, and for action "stop" the VM
  * stops in run state "io-error" (STOP); FALSE if NAME is not one. */
 gboolean vmm_drives_handle_event(Vmmd *d, const char *name, JsonObject *data);

@@ -32,7 +32,6 @@ typedef struct {
 struct FsdevRuntime {
     Vmmd *d;
     GPtrArray *devs;         /* FsRt*, device order */
-    VmmHelperProc *pending_vm_start;
     gboolean failed;
 };
 
@@ -104,20 +103,6 @@ gboolean vmm_fsdevs_ready(Vmmd *d)
     return TRUE;
 }
 
-void vmm_fsdevs_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu)
-{
-    runtime(d)->pending_vm_start = vcpu;
-}
-
-static void maybe_start_vm(FsdevRuntime *rt)
-{
-    VmmHelperProc *hp = rt->pending_vm_start;
-    if (!hp || !vmm_fsdevs_ready(rt->d))
-        return;
-    rt->pending_vm_start = NULL;
-    vmm_vm_start(rt->d, hp);
-}
-
 /* ---- vcpu-worker: fsdev-attach / fsdev-reconnect ------------------------- */
 
 static void on_attached(VmmChannel *ch, JsonObject *result, const GError *error, int *fds,
@@ -137,7 +122,7 @@ static void on_attached(VmmChannel *ch, JsonObject *result, const GError *error,
     else
         vmm_notice("fsdev '%s': vcpu-worker connected to fsd (mount tag '%s', msize %" G_GINT64_FORMAT ")",
                    r->fsdev->id, r->dev->mount_tag, json_object_get_int_member_with_default(result, "msize", -1));
-    maybe_start_vm(r->rt);
+    vmm_vm_start_waiting(r->rt->d);
 }
 
 /* Hands our end to vcpu-worker once the server side is ready. */

@@ -17,9 +17,6 @@
 void vmm_fsdevs_helper_up(Vmmd *d, VmmHelperProc *hp, gboolean restarted);
 /* Every virtio-9p device attached in vcpu-worker (TRUE without devices). */
 gboolean vmm_fsdevs_ready(Vmmd *d);
-/* vm.c: the guest waits for the devices; vmm_vm_start() is called again
- * once they are attached. */
-void vmm_fsdevs_defer_vm_start(Vmmd *d, VmmHelperProc *vcpu);
 /* vcpu-worker's fsdev events; FALSE if NAME is not one. */
 gboolean vmm_fsdevs_handle_event(Vmmd *d, const char *name, JsonObject *data);
 void vmm_fsdevs_free(Vmmd *d);

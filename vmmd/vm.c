@@ -62,6 +62,14 @@ static void on_vm_started(VmmChannel *ch, JsonObject *result, const GError *erro
     vmm_notice("guest started%s", g_str_equal(d->status, "prelaunch") ? " paused (-S)" : "");
 }
 
+void vmm_vm_start_waiting(Vmmd *d)
+{
+    VmmHelperProc *hp = d->vm_start_waiting;
+    d->vm_start_waiting = NULL;
+    if (hp)
+        vmm_vm_start(d, hp);
+}
+
 void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
 {
     vmm_debug("vm-start: vcpu-worker is ready");
@@ -72,14 +80,10 @@ void vmm_vm_start(Vmmd *d, VmmHelperProc *hp)
 
     if (!vm || !vm->kernel || d->quitting)
         return;
-    if (!vmm_drives_ready(d)) {
-        /* The guest's disks must be attached first; drive-run.c calls again. */
-        vmm_drives_defer_vm_start(d, hp);
-        return;
-    }
-    if (!vmm_fsdevs_ready(d)) {
-        /* So must its 9p devices; fsdev-run.c calls again. */
-        vmm_fsdevs_defer_vm_start(d, hp);
+    if (!vmm_drives_ready(d) || !vmm_fsdevs_ready(d)) {
+        /* The guest's disks and 9p devices are attached first: their
+         * runtimes call vmm_vm_start_waiting() as each becomes ready. */
+        d->vm_start_waiting = hp;
         return;
     }
     if (!vmm_serial_backend_open(d, &err)) {

@@ -8,6 +8,9 @@
 /* Sends vm-start to vcpu-worker (HP) if the command line has -kernel; a
  * failure to start the guest makes vmmd quit with status 1. */
 void vmm_vm_start(Vmmd *d, VmmHelperProc *hp);
+/* A device runtime (drive-run.c, fsdev-run.c) has one more device ready: a
+ * start that waited for devices is tried again. */
+void vmm_vm_start_waiting(Vmmd *d);
 /* Acts on vcpu-worker's guest events; FALSE if NAME is not one of them. */
 gboolean vmm_vm_handle_event(Vmmd *d, const char *name, JsonObject *data);
 /* Run control (QMP stop, cont, system_powerdown, system_reset); DONE (may be

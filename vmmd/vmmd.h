@@ -65,6 +65,7 @@ struct Vmmd {
     enum { VMM_GUEST_NONE, VMM_GUEST_RUNNING, VMM_GUEST_ENDED } guest_state; /* vm.c */
     struct VmmSerialRun *serial_rt; /* COM1's backend (serial.c) */
     gboolean vm_autostart;   /* -S, and cont came before the guest was built (vm.c) */
+    VmmHelperProc *vm_start_waiting; /* vcpu-worker, while the start waits for devices (vm.c) */
     void (*on_helpers_up)(Vmmd *d);
     void (*on_all_stopped)(Vmmd *d); /* pending vmm_supervisor_stop_all callback */
     GHashTable *early_exits;         /* pid -> status of children reaped before the spawn reply */

@@ -1550,12 +1550,23 @@ static gboolean conn_request_alone(NbdConn *conn)
     return alone && poll(&pfd, 1, 0) == 0;
 }
 
+/* The idle threads that some queued request or the hand-over of reading
+ * will not take: a thread woken for one still counts as idle until it runs,
+ * so idle_workers alone promises one thread to several requests (a request
+ * queued behind one that blocks then waited for it). Called with conn->lock
+ * held. */
+static guint conn_unclaimed_idle(NbdConn *conn)
+{
+    guint claimed = g_queue_get_length(&conn->queue) + (conn->reader_wanted ? 1 : 0);
+    return conn->idle_workers > claimed ? conn->idle_workers - claimed : 0;
+}
+
 /* Asks an idle thread, or a new one while under the limit, to take over
  * reading. FALSE if there is none: the reader keeps reading. */
 static gboolean conn_hand_over_reading(NbdConn *conn)
 {
     g_mutex_lock(&conn->lock);
-    gboolean handed = conn->idle_workers > 0;
+    gboolean handed = conn_unclaimed_idle(conn) > 0;
     if (!handed && conn->threads->len < conn->workers) {
         GThread *t = g_thread_try_new("nbd-worker", conn_worker, conn, NULL);
         if (t)
@@ -1574,8 +1585,9 @@ static gboolean conn_hand_over_reading(NbdConn *conn)
 static void conn_queue_request(NbdConn *conn, NbdRequest *req)
 {
     g_mutex_lock(&conn->lock);
+    gboolean idle_one = conn_unclaimed_idle(conn) > 0;
     g_queue_push_tail(&conn->queue, req);
-    if (conn->idle_workers > 0 || conn->threads->len >= conn->workers) {
+    if (idle_one || conn->threads->len >= conn->workers) {
         g_cond_signal(&conn->work_cond);
         g_mutex_unlock(&conn->lock);
         return;

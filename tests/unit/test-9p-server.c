@@ -84,7 +84,7 @@ static GBytes *next_reply(Fixture *f, P9Fcall *r)
 static int call(Fixture *f, P9Fcall *m, P9Fcall *r)
 {
     send_fcall(f, m);
-    g_autoptr(GBytes) b = next_reply(f, r);
+    g_autoptr(GBytes) b G_GNUC_UNUSED = next_reply(f, r);
     g_assert_cmpuint(r->tag, ==, m->tag);
     if (r->type == P9_RLERROR)
         return (int)r->ecode;
@@ -153,7 +153,7 @@ static void test_many_in_flight(void)
     g_autoptr(GHashTable) seen = g_hash_table_new(g_direct_hash, g_direct_equal);
     for (int i = 0; i < 200; i++) {
         P9Fcall r;
-        g_autoptr(GBytes) b = next_reply(&f, &r);
+        g_autoptr(GBytes) b G_GNUC_UNUSED = next_reply(&f, &r);
         g_assert_cmpuint(r.type, ==, P9_RGETATTR);
         g_assert_true(g_hash_table_add(seen, GUINT_TO_POINTER(r.tag)));
         p9_fcall_clear(&r);
@@ -186,14 +186,14 @@ static void test_garbage_answered(void)
         fsd_conn_receive(f.c, copy, len);
         g_free(copy);
         P9Fcall r;
-        g_autoptr(GBytes) reply = next_reply(&f, &r);
+        g_autoptr(GBytes) reply G_GNUC_UNUSED = next_reply(&f, &r);
         g_assert_cmpuint(r.type, ==, P9_RLERROR);
         g_assert_cmpuint(r.ecode, ==, EINVAL);
         p9_fcall_clear(&r);
     }
     fsd_conn_refuse_oversize(f.c, P9_TWRITE, 33, 1 << 30);
     P9Fcall r;
-    g_autoptr(GBytes) reply = next_reply(&f, &r);
+    g_autoptr(GBytes) reply G_GNUC_UNUSED = next_reply(&f, &r);
     g_assert_cmpuint(r.tag, ==, 33);
     g_assert_cmpuint(r.ecode, ==, EMSGSIZE);
     fixture_teardown(&f);
@@ -294,7 +294,7 @@ static void read_file_checked(gboolean spliced)
     for (gsize i = 0; i < G_N_ELEMENTS(reads); i++) {
         P9Fcall rd = { .type = P9_TREAD, .tag = 4, .fid = 1, .offset = reads[i].offset, .count = reads[i].count };
         send_fcall(&f, &rd);
-        g_autoptr(GBytes) b = next_reply(&f, &r);
+        g_autoptr(GBytes) b G_GNUC_UNUSED = next_reply(&f, &r);
         g_assert_cmpuint(r.type, ==, P9_RREAD);
         g_assert_cmpuint(r.count, ==, reads[i].got);
         g_assert_true(r.count == 0 || memcmp(r.data, want + reads[i].offset, r.count) == 0);

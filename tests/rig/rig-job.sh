@@ -92,16 +92,38 @@ l1_down() {
     exit $RIG_EXIT_L1_DOWN
 }
 
+# L1's kernel has also been seen to lock up for good under nested SVM
+# (docs/rig.md): "soft lockup" on its console, both CPUs stuck, no job
+# finishing. A lockup that appears after the job started (the console from
+# offset C0 on) counts as L1 down: its QEMU, which the fixture started, is
+# ended and the job runs once more in a new L1, rather than waiting for the
+# job's timeout on a machine that will not answer.
+l1_locked_up() { # C0
+    tail -c +"$(($1 + 1))" "$STATE/console.log" 2>/dev/null | grep -q "watchdog: BUG: soft lockup"
+}
+
+end_locked_up_l1() { # PID
+    kill -KILL "$1" 2>/dev/null
+    local end=$((SECONDS + 10))
+    while rig_qemu_alive "$1" "$STATE" && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+    l1_down "L1's kernel locked up (soft lockup on its console) while the job ran"
+}
+
 run_in_l1() {
-    local pid q="$STATE/queue/$JOB_ID" dir="$STATE/jobs/$JOB_ID" t0=$SECONDS
+    local pid q="$STATE/queue/$JOB_ID" dir="$STATE/jobs/$JOB_ID" t0=$SECONDS c0 next_check=0
     shift # the kit: L1 gets it through ENVS
     pid=$(cat "$STATE/qemu.pid" 2>/dev/null)
     rig_qemu_alive "$pid" "$STATE" || l1_down "QEMU of $STATE is not running"
+    c0=$(stat -c %s "$STATE/console.log" 2>/dev/null || echo 0)
     rig_write_job "$q.tmp" "$CWD" "$TIMEOUT" ENVS -- "$@"
     mv "$q.tmp" "$q.job"
     # The agent kills the job at TIMEOUT; the margin covers its 0.2 s polling.
     while [ ! -f "$dir/rc" ]; do
         rig_qemu_alive "$pid" "$STATE" || l1_down "QEMU exited while job ran"
+        if [ "$SECONDS" -ge "$next_check" ]; then
+            next_check=$((SECONDS + 5))
+            l1_locked_up "$c0" && end_locked_up_l1 "$pid"
+        fi
         if [ $((SECONDS - t0)) -ge $((TIMEOUT + 30)) ]; then
             cat "$dir/output" 2>/dev/null
             rig_log "job $JOB_ID: no result after $((SECONDS - t0))s"

@@ -101,7 +101,7 @@ run_job() {
 # each is moved to /rig/jobs/NAME and run in the background, so jobs of
 # parallel ctest runs overlap.
 agent_loop() {
-    local idle=0 max_idle=${RIG_AGENT_MAX_IDLE:-3600} j name busy
+    local idle=0 max_idle=${RIG_AGENT_MAX_IDLE:-3600} j name busy beat=0
     mkdir -p /rig/jobs
     echo ready > /rig/ready
     log "agent ready"
@@ -121,6 +121,10 @@ agent_loop() {
         else
             idle=$((idle + 1))
         fi
+        # A count that changes every ~2 s tells the host L1 still runs
+        # (rig-job.sh ends an L1 that stops counting; docs/rig.md).
+        beat=$((beat + 1))
+        [ $((beat % 10)) = 0 ] && echo "$beat" > /rig/heartbeat
         # Poll every 0.2 s; an abandoned fixture powers itself off.
         [ $((idle / 5)) -lt "$max_idle" ] || { log "idle for $max_idle s, stopping"; break; }
         usleep 200000

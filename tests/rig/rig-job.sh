@@ -102,15 +102,21 @@ l1_locked_up() { # C0
     tail -c +"$(($1 + 1))" "$STATE/console.log" 2>/dev/null | grep -q "watchdog: BUG: soft lockup"
 }
 
-end_locked_up_l1() { # PID
+end_locked_up_l1() { # PID WHY
     kill -KILL "$1" 2>/dev/null
     local end=$((SECONDS + 10))
     while rig_qemu_alive "$1" "$STATE" && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
-    l1_down "L1's kernel locked up (soft lockup on its console) while the job ran"
+    l1_down "L1 locked up while the job ran: $2"
 }
 
+# L1 has also frozen without a word on its console (one TCG thread at 100 %,
+# no job picked up). The agent rewrites $STATE/heartbeat every ~2 s; a count
+# that has not changed for this long, by the host's clock, is a frozen L1.
+HEARTBEAT_LIMIT=${VMM_RIG_HEARTBEAT_LIMIT:-120}
+
 run_in_l1() {
-    local pid q="$STATE/queue/$JOB_ID" dir="$STATE/jobs/$JOB_ID" t0=$SECONDS c0 next_check=0
+    local pid q="$STATE/queue/$JOB_ID" dir="$STATE/jobs/$JOB_ID" t0=$SECONDS c0 next_check=0 beat beat_seen
+    beat=$(cat "$STATE/heartbeat" 2>/dev/null) beat_seen=$SECONDS
     shift # the kit: L1 gets it through ENVS
     pid=$(cat "$STATE/qemu.pid" 2>/dev/null)
     rig_qemu_alive "$pid" "$STATE" || l1_down "QEMU of $STATE is not running"
@@ -122,7 +128,14 @@ run_in_l1() {
         rig_qemu_alive "$pid" "$STATE" || l1_down "QEMU exited while job ran"
         if [ "$SECONDS" -ge "$next_check" ]; then
             next_check=$((SECONDS + 5))
-            l1_locked_up "$c0" && end_locked_up_l1 "$pid"
+            l1_locked_up "$c0" && end_locked_up_l1 "$pid" "soft lockup on its console"
+            local now_beat
+            now_beat=$(cat "$STATE/heartbeat" 2>/dev/null)
+            if [ "$now_beat" != "$beat" ]; then
+                beat=$now_beat beat_seen=$SECONDS
+            elif [ -n "$beat" ] && [ $((SECONDS - beat_seen)) -ge "$HEARTBEAT_LIMIT" ]; then
+                end_locked_up_l1 "$pid" "its agent's heartbeat stopped $((SECONDS - beat_seen)) s ago"
+            fi
         fi
         if [ $((SECONDS - t0)) -ge $((TIMEOUT + 30)) ]; then
             cat "$dir/output" 2>/dev/null

@@ -103,9 +103,7 @@ l1_locked_up() { # C0
 }
 
 end_locked_up_l1() { # PID WHY
-    kill -KILL "$1" 2>/dev/null
-    local end=$((SECONDS + 10))
-    while rig_qemu_alive "$1" "$STATE" && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+    rig_stop_qemu "$1" "$STATE" 0
     l1_down "L1 locked up while the job ran: $2"
 }
 

@@ -118,7 +118,8 @@ rig_qemu_alive() {
         tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qF "path=$state,mount_tag=rig"
 }
 
-# rig_stop_qemu PID STATE GRACE: waits GRACE s for QEMU to exit, then TERM, then KILL.
+# rig_stop_qemu PID STATE GRACE: waits GRACE s for QEMU to exit, then TERM,
+# then KILL, and up to 5 s more for it to be gone.
 rig_stop_qemu() {
     local pid=$1 state=$2 grace=$3 i
     for ((i = 0; i < grace * 5; i++)); do
@@ -132,6 +133,10 @@ rig_stop_qemu() {
         sleep 0.2
     done
     kill -KILL "$pid" 2>/dev/null
+    for ((i = 0; i < 25; i++)); do
+        rig_qemu_alive "$pid" "$state" || return 0
+        sleep 0.2
+    done
 }
 
 rig_console_tail() {

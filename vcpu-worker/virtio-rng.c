@@ -37,12 +37,11 @@ static bool rng_limited(const VmmVirtioRng *rng)
 /* Called with rng->lock held. */
 static RngFill rng_fill(VmmVirtioRng *rng, VmmVqElem *elem, ssize_t *got)
 {
+    if (rng->quota == 0)
+        return RNG_OVER_QUOTA;
     struct iovec iov[64];
     size_t want = MIN(MIN(elem->in_bytes, VMM_VIRTIO_RNG_MAX_CHUNK), rng->quota);
     unsigned n = vmm_iov_slice(elem->in, elem->n_in, 0, want, iov, G_N_ELEMENTS(iov));
-
-    if (rng->quota == 0)
-        return RNG_OVER_QUOTA;
     if (n == 0) {
         *got = 0;     /* no writable bytes: give the request back empty */
         return RNG_FILLED;

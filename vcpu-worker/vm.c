@@ -118,10 +118,10 @@ static void *map_huge_aligned(int fd, guint64 size, int flags)
         errno = saved;
         return MAP_FAILED;
     }
+    /* What is left of the reservation on either side; the tail is never empty. */
     if (start > area)
         munmap(area, (size_t)(start - area));
-    if (start + size < area + size + huge)
-        munmap(start + size, (size_t)(area + size + huge - (start + size)));
+    munmap(start + size, (size_t)(area + huge - start));
     return p;
 }
 

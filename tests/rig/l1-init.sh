@@ -38,10 +38,22 @@ fail() {
     halt_now
 }
 
+# Options from the kernel command line (MODULE.PARAM=VALUE, e.g. VMM_RIG_APPEND=
+# "kvm_amd.npt=0"), as modprobe would pass them: busybox's insmod does not.
+module_options() {
+    local name=${1//-/_} arg key
+    for arg in $(cat /proc/cmdline); do
+        key=${arg%%=*}
+        key=${key//-/_}
+        case $key in "$name".*) echo "${key#"$name".}${arg#"${arg%%=*}"}" ;; esac
+    done
+}
+
 load_modules() {
     local m
     for m in $(cat /etc/rig-modules); do
-        insmod "/lib/modules/$m.ko" 2>/tmp/insmod.err ||
+        # shellcheck disable=SC2046 # one word per option
+        insmod "/lib/modules/$m.ko" $(module_options "${m##*/}") 2>/tmp/insmod.err ||
             grep -q 'File exists' /tmp/insmod.err ||
             log "insmod $m: $(cat /tmp/insmod.err)"
     done

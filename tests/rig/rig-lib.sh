@@ -99,7 +99,7 @@ rig_qemu_args() {
     RIG_QEMU_ARGS=("$RIG_QEMU" -accel tcg -M pc -cpu "$RIG_CPU" -smp "$RIG_SMP" -m "$RIG_MEM"
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$(rig_kit_var "$kit" RIG_KERNEL)" -initrd "$kit/initramfs-l1.cpio.gz"
-        -append "console=ttyS0 panic=-1 quiet ${VMM_RIG_APPEND:-}"
+        -append "console=ttyS0 panic=-1 quiet nohz=off ${VMM_RIG_APPEND:-}"
         -serial "file:$state/console.log"
         -virtfs "local,path=$state,mount_tag=rig,security_model=none,multidevs=remap"
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")

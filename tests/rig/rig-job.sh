@@ -103,6 +103,7 @@ l1_locked_up() { # C0
 }
 
 end_locked_up_l1() { # PID WHY
+    rig_dump_l1 "$STATE" "$STATE/../rig-crash-$(date +%s)-cpus.txt"
     rig_stop_qemu "$1" "$STATE" 0
     l1_down "L1 locked up while the job ran: $2"
 }

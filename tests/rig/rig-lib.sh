@@ -99,10 +99,14 @@ rig_qemu_args() {
     RIG_QEMU_ARGS=("$RIG_QEMU" -accel tcg -M pc -cpu "$RIG_CPU" -smp "$RIG_SMP" -m "$RIG_MEM"
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$(rig_kit_var "$kit" RIG_KERNEL)" -initrd "$kit/initramfs-l1.cpio.gz"
-        -append "console=ttyS0 panic=-1 quiet nohz=off ${VMM_RIG_APPEND:-}"
+        -append "console=ttyS0 panic=-1 quiet ${VMM_RIG_APPEND:-}"
         -serial "file:$state/console.log"
         -virtfs "local,path=$state,mount_tag=rig,security_model=none,multidevs=remap"
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
+    # The monitor shows where L1's CPUs are when L1 hangs (rig_dump_l1); a
+    # socket path must fit sun_path (108 bytes).
+    local mon="$state/monitor.sock"
+    [ ${#mon} -lt 100 ] && RIG_QEMU_ARGS+=(-monitor "unix:$mon,server=on,wait=off")
     local extra=()
     read -r -a extra <<< "${VMM_RIG_QEMU_EXTRA:-}" # split on blanks, on purpose
     RIG_QEMU_ARGS+=("${extra[@]}")
@@ -116,6 +120,22 @@ rig_qemu_alive() {
     local pid=$1 state=$2
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
         tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qF "path=$state,mount_tag=rig"
+}
+
+# rig_dump_l1 STATE OUT: what L1's CPUs are doing (halted or where, registers,
+# local APIC timers), from its QEMU monitor into OUT; prints each CPU's state
+# in one line. For a hung L1, before it is ended: under TCG its hangs have
+# come without a word from its kernel.
+rig_dump_l1() {
+    local sock=$1/monitor.sock out=$2 i
+    [ -S "$sock" ] && command -v socat > /dev/null || return 0
+    {
+        printf 'info cpus\ninfo registers -a\n'
+        for ((i = 0; i < RIG_SMP; i++)); do printf 'info lapic %d\n' "$i"; done
+        sleep 2
+    } | timeout 10 socat - "UNIX-CONNECT:$sock" > "$out" 2>&1
+    tr -d '\r' < "$out" | awk '/^CPU#[0-9]+/ { cpu = $1 } /^RIP=/ && cpu { print "rig: L1 " cpu " " $1 " " $NF; cpu = "" }' >&2
+    rig_log "L1's CPU registers and local APICs: $out"
 }
 
 # rig_stop_qemu PID STATE GRACE: waits GRACE s for QEMU to exit, then TERM,

@@ -89,7 +89,12 @@ DISK=(-drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device v
 
 wait_guest() { # LABEL: waits for $PID (bounded), keeps its console in $T/console.LABEL
   local label=$1 rc=0 t0=$SECONDS
-  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  # A guest kernel that panics under QEMU's -no-reboot may never exit: stop waiting.
+  end=$((SECONDS + 300)); while [ "$SECONDS" -lt "$end" ]; do
+    kill -0 "$PID" 2>/dev/null || break
+    grep -aq "Kernel panic - not syncing" "$T/out" && fail "$label: the guest's kernel panicked"
+    sleep 0.1
+  done
   kill -0 "$PID" 2>/dev/null && fail "$label: still running after 300 s"
   wait "$PID" || rc=$?
   PID=

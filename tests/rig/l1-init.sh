@@ -90,6 +90,23 @@ mount_host_root() {
     mount --bind /rig /host/tmp/.rig || fail "cannot bind /rig into the chroot"
 }
 
+# A VM with one vCPU that never runs, held for L1's lifetime. KVM flips static
+# keys (jump labels) when the first VM or local APIC comes and the last one
+# goes, and each flip rewrites L1's kernel text under a stop-the-world of its
+# CPUs: six patch batches (50 sites) per L2 boot, counted with kprobes. TCG
+# has been seen to freeze in the middle of one (docs/rig.md). With this VM
+# always there the counts never reach zero and an L2 boot patches nothing.
+start_kvm_keeper() {
+    [ -e /host/dev/kvm ] && [ -x /host/usr/bin/python3 ] || { log "no KVM keeper"; return 0; }
+    chroot /host /usr/bin/python3 -c '
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM
+fcntl.ioctl(vm, 0xAE60, 0)        # KVM_CREATE_IRQCHIP
+fcntl.ioctl(vm, 0xAE41, 0)        # KVM_CREATE_VCPU 0
+signal.pause()' < /dev/null > /dev/null 2> /tmp/kvm-keeper.err &
+}
+
 # run_job DIR: DIR (under /rig) holds job.sh and optionally timeout; receives
 # output and rc. rc is written last, via rename, so the host never sees half of it.
 run_job() {
@@ -150,6 +167,7 @@ main() {
     ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
     mount_host_root
     [ -e /dev/kvm ] || log "warning: no /dev/kvm (kvm_amd did not load?)"
+    start_kvm_keeper
     echo "$(cut -d' ' -f1 /proc/uptime)" > /rig/booted
     case "${RIG_MODE:-run}" in
         run) run_job /rig/run ;;

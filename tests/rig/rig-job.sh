@@ -70,10 +70,17 @@ run_one_shot() {
 # L1's kernel has been seen to die under nested SVM (docs/rig.md): a fresh
 # L1 (the fixture's setup again, with the same shares) runs the job once more.
 # The lock keeps two jobs from restarting it at the same time.
+# The files one lost L1 leaves beside the state directory (its console, its
+# CPUs) share one name: CRASH_STEM, set by the first to need it.
+set_crash_stem() {
+    : "${CRASH_STEM:=$STATE/../rig-crash-$(date +%s)}"
+}
+
 restart_l1() {
     local shares=() p
     for p in $(awk '{ print $3 }' "$STATE/shares"); do shares+=(--share "$p"); done
-    cp "$STATE/console.log" "$STATE/../rig-crash-$(date +%s).log" 2>/dev/null
+    set_crash_stem
+    cp "$STATE/console.log" "$CRASH_STEM.log" 2>/dev/null
     (
         flock 9
         rig_qemu_alive "$(cat "$STATE/qemu.pid" 2>/dev/null)" "$STATE" && exit 0
@@ -103,7 +110,8 @@ l1_locked_up() { # C0
 }
 
 end_locked_up_l1() { # PID WHY
-    rig_dump_l1 "$STATE" "$STATE/../rig-crash-$(date +%s)-cpus.txt"
+    set_crash_stem
+    rig_dump_l1 "$STATE" "$CRASH_STEM-cpus.txt"
     rig_stop_qemu "$1" "$STATE" 0
     l1_down "L1 locked up while the job ran: $2"
 }

@@ -238,6 +238,16 @@ struct VmmSplicePipe;
 gboolean vmm_block_pwrite_spliced(VmmBlockDev *bs, guint64 offset, guint64 bytes, const void *head,
                                   gsize head_len, struct VmmSplicePipe *const *pipes, guint npipes, int flags,
                                   GError **error);
+/* Vectored reads and writes: the data is IOV (NIOV pieces that add up to
+ * BYTES), e.g. guest memory. Where vmm_block_map_host maps the whole range
+ * onto a host file, preadv/pwritev go there with no copy of ours; otherwise
+ * the data passes through one buffer and vmm_block_pread/pwrite. FUA and
+ * writethrough as vmm_block_pwrite. */
+struct iovec;
+gboolean vmm_block_preadv(VmmBlockDev *bs, guint64 offset, guint64 bytes, const struct iovec *iov,
+                          guint niov, GError **error);
+gboolean vmm_block_pwritev(VmmBlockDev *bs, guint64 offset, guint64 bytes, const struct iovec *iov,
+                           guint niov, int flags, GError **error);
 int vmm_block_status(VmmBlockDev *bs, guint64 offset, guint64 bytes, guint64 *pnum,
                      guint64 *map, VmmBlockDev **file, GError **error);
 /* Like vmm_block_status but looks down the backing chain: ALLOCATED means

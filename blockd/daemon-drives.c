@@ -3,9 +3,16 @@
  * over NBD on the socketpair end that came with them, export name = drive id.
  *
  *   drive-add {id, format?, read-only?, share-rw?, snapshot?, options?{...},
- *              files: [top, backing, ...]}
- *   fds: [NBD socket, one per file in order, the snapshot overlay if snapshot]
+ *              files: [top, backing, ...], guest-memory?: SIZE}
+ *   fds: [NBD socket, one per file in order, the snapshot overlay if snapshot,
+ *         the guest's RAM if guest-memory]
  *   -> {"size", "format", "read-only", "backing-depth"}
+ *
+ * With guest-memory, blockd maps the guest's RAM (the fd vcpu-worker maps,
+ * SIZE bytes, shared) and vcpu-worker may move the drive's data through it
+ * (NBD_OPT_VMM_GUEST_MEMORY, proto/nbd.h) instead of through the socket.
+ * One VM per blockd: the first mapping serves every drive and every later
+ * connection.
  *
  * A drive-add for an export that exists (vcpu-worker restarted and needs a
  * new connection) only serves the new socket; the image fds are closed. */
@@ -17,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static void close_all(int *fds, guint n)
@@ -100,6 +108,31 @@ static JsonObject *describe(VmmBlockDev *bs, gboolean snapshot)
     return r;
 }
 
+static NbdGuestMemory guest_memory;
+
+/* Maps the guest's RAM from FD (taken) once; NULL (the drive's data then
+ * crosses the socket) when it cannot be mapped or differs from the first. */
+static const NbdGuestMemory *map_guest_memory(int fd, guint64 size)
+{
+    if (guest_memory.base) {
+        close(fd);
+        return guest_memory.size == size ? &guest_memory : NULL;
+    }
+    void *p = size && size <= G_MAXSIZE ? mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                                        : MAP_FAILED;
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        vmm_warn("guest memory of %" G_GUINT64_FORMAT " bytes: mmap: %s; drive data goes through the socket",
+                 size, g_strerror(err));
+        return NULL;
+    }
+    /* The guest's memory is not blockd's to dump. */
+    madvise(p, (size_t)size, MADV_DONTDUMP);
+    guest_memory = (NbdGuestMemory){ p, size };
+    return &guest_memory;
+}
+
 static gboolean add_drive(BlockdExports *e, JsonObject *a, int *fds, guint nfds, JsonObject **result,
                           GError **error)
 {
@@ -107,20 +140,27 @@ static gboolean add_drive(BlockdExports *e, JsonObject *a, int *fds, guint nfds,
     const char *id = json_object_get_string_member_with_default(a, "id", NULL);
     JsonArray *files = json_object_has_member(a, "files") ? json_object_get_array_member(a, "files") : NULL;
     gboolean overlay = json_object_get_boolean_member_with_default(a, "snapshot", FALSE);
+    gint64 mem_size = json_object_get_int_member_with_default(a, "guest-memory", 0);
     guint nfiles = files ? json_array_get_length(files) : 0;
 
-    if (!id || nfiles == 0 || fds[0] < 0 || nfds != 1 + nfiles + (overlay ? 1 : 0)) {
+    if (!id || nfiles == 0 || fds[0] < 0 || mem_size < 0 ||
+        nfds != 1 + nfiles + (overlay ? 1 : 0) + (mem_size ? 1 : 0)) {
         g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID,
-                    "drive-add: needs 'id', 'files' and the fds [socket, one per file%s]",
-                    overlay ? ", overlay" : "");
+                    "drive-add: needs 'id', 'files' and the fds [socket, one per file%s%s]",
+                    overlay ? ", overlay" : "", mem_size ? ", guest memory" : "");
         return FALSE;
+    }
+    const NbdGuestMemory *mem = NULL;
+    if (mem_size) {
+        mem = map_guest_memory(fds[nfds - 1], (guint64)mem_size);
+        fds[--nfds] = -1;
     }
     g_autoptr(NbdExport) existing = nbd_server_find_export(server, id);
     if (existing) {
         close_all(fds + 1, nfds - 1);
         int sock = fds[0];
         fds[0] = -1;
-        if (!nbd_server_serve_fd(server, sock, error))
+        if (!nbd_server_serve_fd_guest(server, sock, mem, error))
             return FALSE;
         *result = describe(nbd_export_blockdev(existing), overlay);
         return TRUE;
@@ -143,7 +183,7 @@ static gboolean add_drive(BlockdExports *e, JsonObject *a, int *fds, guint nfds,
     if (ok) {
         int sock = fds[0];
         fds[0] = -1;
-        ok = nbd_server_serve_fd(server, sock, error);
+        ok = nbd_server_serve_fd_guest(server, sock, mem, error);
         if (!ok)
             nbd_server_remove_export(server, id, TRUE, NULL);
     }

@@ -133,6 +133,10 @@ struct NbdConn {
     GPtrArray *pipes;   /* VmmSplicePipe* free for zero-copy reads and writes (under lock) */
     guint pipes_out;    /* pipes held by WRITE requests (under lock) */
     gboolean no_splice; /* splice failed once on this connection: buffers only */
+
+    /* the guest's RAM (a VM's drive only); guest_memory once negotiated */
+    NbdGuestMemory mem;
+    gboolean guest_memory;
 };
 
 typedef struct {
@@ -142,6 +146,8 @@ typedef struct {
     guint8 *payload; /* WRITE data (with pipes: the part read before them) */
     gsize payload_len;
     GPtrArray *pipes; /* WRITE data after payload, by reference (VmmSplicePipe*) */
+    struct iovec *segs; /* NBD_CMD_FLAG_VMM_GUEST_MEMORY: the data, in guest memory */
+    guint nsegs;
 } NbdRequest;
 
 /* ======================================================================
@@ -872,6 +878,21 @@ static NegResult handle_starttls(NbdConn *conn, guint32 len)
     return NEG_CONTINUE;
 }
 
+/* Only a VM's own drive connection has the guest's RAM; for any other client
+ * the option is unknown, as it is to every other server. */
+static NegResult handle_guest_memory(NbdConn *conn, guint32 len)
+{
+    guint32 option = NBD_OPT_VMM_GUEST_MEMORY;
+    if (!conn->mem.base)
+        return send_option_error(conn, option, NBD_REP_ERR_UNSUP, "option %u not supported", option)
+                   ? NEG_CONTINUE : NEG_CLOSE;
+    if (len != 0)
+        return send_option_error(conn, option, NBD_REP_ERR_INVALID, "NBD_OPT_VMM_GUEST_MEMORY with data")
+                   ? NEG_CONTINUE : NEG_CLOSE;
+    conn->guest_memory = TRUE;
+    return send_option_reply(conn, option, NBD_REP_ACK, NULL, 0) ? NEG_CONTINUE : NEG_CLOSE;
+}
+
 static NegResult handle_option(NbdConn *conn, guint32 option, const guint8 *data, guint32 len)
 {
     if (conn->tls_mode == NBD_TLS_REQUIRE && !conn->tls && option != NBD_OPT_STARTTLS &&
@@ -908,6 +929,8 @@ static NegResult handle_option(NbdConn *conn, guint32 option, const guint8 *data
     case NBD_OPT_LIST_META_CONTEXT:
     case NBD_OPT_SET_META_CONTEXT:
         return handle_meta_context(conn, option, data, len);
+    case NBD_OPT_VMM_GUEST_MEMORY:
+        return handle_guest_memory(conn, len);
     default:
         return send_option_error(conn, option, NBD_REP_ERR_UNSUP, "option %u not supported", option)
                    ? NEG_CONTINUE : NEG_CLOSE;
@@ -1062,7 +1085,7 @@ static void send_structured_error(NbdConn *conn, const NbdRequest *req, guint32 
  * other commands always get simple replies (the protocol allows both). */
 static gboolean reply_is_structured(NbdConn *conn, const NbdRequest *req)
 {
-    return conn->structured && (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS);
+    return conn->structured && !req->segs && (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS);
 }
 
 static void send_error(NbdConn *conn, const NbdRequest *req, guint32 error, const char *msg)
@@ -1431,8 +1454,24 @@ static void do_block_status(NbdConn *conn, NbdRequest *req)
     conn_send(conn, iov, niov);
 }
 
+/* A READ or WRITE whose data is in guest memory: the reply carries no data. */
+static void do_guest_memory_io(NbdConn *conn, NbdRequest *req)
+{
+    g_autoptr(GError) err = NULL;
+    int flags = (req->flags & NBD_CMD_FLAG_FUA) ? VMM_BDRV_REQ_FUA : 0;
+    gboolean ok = req->type == NBD_CMD_READ
+                      ? vmm_block_preadv(conn->exp->bs, req->offset, req->length, req->segs, req->nsegs, &err)
+                      : vmm_block_pwritev(conn->exp->bs, req->offset, req->length, req->segs, req->nsegs, flags,
+                                          &err);
+    if (!ok)
+        return send_gerror(conn, req, err, 0);
+    send_simple_reply(conn, req, 0, NULL, 0);
+}
+
 static void request_execute(NbdConn *conn, NbdRequest *req)
 {
+    if (req->segs)
+        return do_guest_memory_io(conn, req);
     switch (req->type) {
     case NBD_CMD_READ:
         if (conn->structured)
@@ -1466,6 +1505,7 @@ static void request_execute(NbdConn *conn, NbdRequest *req)
 
 static void request_free(NbdRequest *req)
 {
+    g_free(req->segs);
     if (req->pipes)
         g_ptr_array_free(req->pipes, TRUE);
     g_free(req->payload);
@@ -1628,6 +1668,8 @@ static guint16 valid_command_flags(NbdConn *conn, guint16 type)
         valid |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
     if (type == NBD_CMD_BLOCK_STATUS)
         valid |= NBD_CMD_FLAG_REQ_ONE;
+    if ((type == NBD_CMD_READ || type == NBD_CMD_WRITE) && conn->guest_memory)
+        valid |= NBD_CMD_FLAG_VMM_GUEST_MEMORY;
     return valid;
 }
 
@@ -1660,6 +1702,10 @@ static guint32 request_check(NbdConn *conn, const NbdRequest *req, const char **
     if (command_has_range(req->type) && (req->offset > conn->size || req->length > conn->size - req->offset)) {
         *why = "request past the end of the export";
         return command_writes(req->type) && req->type != NBD_CMD_TRIM ? NBD_ENOSPC : NBD_EINVAL;
+    }
+    if ((req->flags & NBD_CMD_FLAG_VMM_GUEST_MEMORY) && req->length > NBD_MAX_PAYLOAD) {
+        *why = "request longer than the maximum payload";
+        return NBD_EINVAL;
     }
     if (req->type == NBD_CMD_READ && req->length > NBD_MAX_PAYLOAD) {
         *why = "read longer than the maximum payload";
@@ -1771,6 +1817,51 @@ static gboolean read_write_payload(NbdConn *conn, NbdRequest *req, guint32 *nbd_
     return conn_read_full(conn, req->payload, req->length, error);
 }
 
+/* The segment list of a request whose data is in guest memory, as iovecs
+ * into our mapping of it. A list that does not describe the request's length
+ * inside guest memory gets EINVAL (*NBD_ERRNO, *WHY); FALSE when the client
+ * must be disconnected (a count over the limit, or the stream failed). */
+static gboolean read_guest_segments(NbdConn *conn, NbdRequest *req, guint32 *nbd_errno, const char **why,
+                                    GError **error)
+{
+    guint8 head[NBD_VMM_SEGMENT_LIST_HEADER];
+    if (!conn_read_full(conn, head, sizeof(head), error))
+        return FALSE;
+    guint32 count = get_be32(head);
+    if (count > NBD_VMM_MAX_SEGMENTS) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_TOO_BIG, "%s: guest memory segment list of %u entries, over the limit of %u; disconnecting",
+                    conn->label, count, NBD_VMM_MAX_SEGMENTS);
+        return FALSE;
+    }
+    g_autofree guint8 *raw = g_malloc(MAX((gsize)count * NBD_VMM_SEGMENT_SIZE, 1));
+    if (!conn_read_full(conn, raw, (gsize)count * NBD_VMM_SEGMENT_SIZE, error))
+        return FALSE;
+    if (*nbd_errno)
+        return TRUE;
+    struct iovec *segs = g_new(struct iovec, MAX(count, 1));
+    guint64 total = 0;
+    for (guint32 i = 0; i < count; i++) {
+        guint64 at = get_be64(raw + i * NBD_VMM_SEGMENT_SIZE);
+        guint32 len = get_be32(raw + i * NBD_VMM_SEGMENT_SIZE + 8);
+        if (len == 0 || at > conn->mem.size || len > conn->mem.size - at) {
+            *why = len == 0 ? "empty guest memory segment" : "guest memory segment outside the guest's RAM";
+            break;
+        }
+        segs[i] = (struct iovec){ conn->mem.base + at, len };
+        total += len;
+    }
+    if (!*why && total != req->length)
+        *why = "guest memory segments do not add up to the request's length";
+    if (*why) {
+        *nbd_errno = NBD_EINVAL;
+        g_free(segs);
+        return TRUE;
+    }
+    req->segs = segs;
+    req->nsegs = count;
+    return TRUE;
+}
+
 /* Decodes requests until DISC, the end of the stream or a violation, or
  * until it hands reading over and keeps a request (*KEEP) to run itself. */
 static void conn_read_until_done(NbdConn *conn, NbdRequest **keep)
@@ -1801,7 +1892,14 @@ static void conn_read_until_done(NbdConn *conn, NbdRequest **keep)
         }
         const char *why = NULL;
         guint32 nbd_errno = request_check(conn, req, &why);
-        if (req->type == NBD_CMD_WRITE && !read_write_payload(conn, req, &nbd_errno, &why, &err)) {
+        gboolean in_guest = conn->guest_memory && (req->flags & NBD_CMD_FLAG_VMM_GUEST_MEMORY) &&
+                            (req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE);
+        if (in_guest && !read_guest_segments(conn, req, &nbd_errno, &why, &err)) {
+            vmm_warn("%s", err->message);
+            request_free(req);
+            return;
+        }
+        if (!in_guest && req->type == NBD_CMD_WRITE && !read_write_payload(conn, req, &nbd_errno, &why, &err)) {
             vmm_warn("%s", err->message);
             request_free(req);
             return;
@@ -1943,8 +2041,15 @@ static gpointer conn_thread(gpointer data)
 
 gboolean nbd_server_serve_fd(NbdServer *server, int fd, GError **error)
 {
+    return nbd_server_serve_fd_guest(server, fd, NULL, error);
+}
+
+gboolean nbd_server_serve_fd_guest(NbdServer *server, int fd, const NbdGuestMemory *mem, GError **error)
+{
     vmm_unix_socket_set_buffers(fd, SOCKET_BUFFER_BYTES);
     NbdConn *conn = g_new0(NbdConn, 1);
+    if (mem && mem->base && mem->size)
+        conn->mem = *mem;
     conn->server = server;
     conn->fd = fd;
     conn->rbuf = g_malloc(READ_BUFFER_SIZE);

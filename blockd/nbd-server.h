@@ -88,6 +88,15 @@ guint nbd_server_clients(NbdServer *server);
  * thread of its own; takes ownership of FD (closed when the client is done,
  * also on error). */
 gboolean nbd_server_serve_fd(NbdServer *server, int fd, GError **error);
+/* A VM's guest RAM as blockd maps it: what a connection given it may read
+ * and write for NBD_OPT_VMM_GUEST_MEMORY (proto/nbd.h). */
+typedef struct {
+    guint8 *base;
+    guint64 size;
+} NbdGuestMemory;
+/* As nbd_server_serve_fd, for the socketpair of a VM's drive: the client may
+ * negotiate moving data through MEM, which must outlive the connection. */
+gboolean nbd_server_serve_fd_guest(NbdServer *server, int fd, const NbdGuestMemory *mem, GError **error);
 
 /* ---- listening ---- */
 /* ADDRESS: "unix:PATH" (the socket file is created, and removed again by

@@ -112,6 +112,29 @@
 #define NBD_STATE_ZERO (1 << 1)
 #define NBD_META_QEMU_ALLOCATION_DEPTH "qemu:allocation-depth"
 
+/* vmmd's own extension for the block channel between vcpu-worker and blockd
+ * (docs/nbd-server.md, "Guest memory"): blockd maps the guest's RAM (the same
+ * memfd vmmd handed vcpu-worker) and moves a READ's or WRITE's data straight
+ * between the image and guest memory, so that no payload crosses the socket.
+ *
+ * NBD_OPT_VMM_GUEST_MEMORY, sent before NBD_OPT_GO, no data: NBD_REP_ACK when
+ * this connection was given the guest's RAM (only the socketpairs vmmd makes
+ * for a VM's drives), NBD_REP_ERR_UNSUP otherwise (every remote client).
+ * Afterwards READ and WRITE may carry NBD_CMD_FLAG_VMM_GUEST_MEMORY: the
+ * request is followed, instead of a WRITE's data, by a segment list
+ *   u32 count, u32 zero, then COUNT times { u64 ram offset, u32 length, u32 zero }
+ * whose lengths add up to the request's length; every segment lies inside the
+ * RAM's size. The reply is a simple reply without data for both (a READ's
+ * data is in guest memory when the reply says 0). A bad list gets EINVAL and
+ * the connection goes on; COUNT over the limit ends the connection. The
+ * option number is outside the range the NBD project assigns (it spells
+ * "VMM\1"), so it never clashes with a standard option. */
+#define NBD_OPT_VMM_GUEST_MEMORY       0x564d4d01U
+#define NBD_CMD_FLAG_VMM_GUEST_MEMORY  (1 << 15)
+#define NBD_VMM_SEGMENT_LIST_HEADER    8
+#define NBD_VMM_SEGMENT_SIZE           16
+#define NBD_VMM_MAX_SEGMENTS           16384
+
 /* Limits we apply */
 #define NBD_MAX_STRING   4096                /* export names, descriptions */
 #define NBD_MAX_OPTION   (64 * 1024)         /* option payloads */

@@ -55,6 +55,7 @@ typedef struct {
     unsigned niov;
     Parent *parent;
     guint sent_gen;            /* the connection it was sent on; 0: not sent */
+    gboolean in_guest;         /* sent with its data in guest memory: the reply has none */
 } NbdReq;
 
 struct VmmBlkNbd {
@@ -80,6 +81,9 @@ struct VmmBlkNbd {
     guint handshake_timeout_ms;
     VmmSplicePipe *pipe;       /* under send_lock; NULL until the first large write */
     gboolean no_splice;        /* vmsplice is not to be had: plain sends */
+    guint8 *ram;               /* guest RAM here (under send_lock), NULL: none */
+    guint64 ram_size;
+    gboolean guest_memory;     /* blockd accepted NBD_OPT_VMM_GUEST_MEMORY on this connection */
 };
 
 int vmm_blk_nbd_errno(guint32 e)
@@ -171,6 +175,22 @@ void vmm_blk_nbd_set_lost_hook(VmmBlkNbd *c, VmmBlkNbdLostFn fn, gpointer opaque
 {
     c->lost = fn;
     c->lost_opaque = opaque;
+}
+
+void vmm_blk_nbd_set_guest_memory(VmmBlkNbd *c, guint8 *base, guint64 size)
+{
+    g_mutex_lock(&c->send_lock);
+    c->ram = base;
+    c->ram_size = base ? size : 0;
+    g_mutex_unlock(&c->send_lock);
+}
+
+gboolean vmm_blk_nbd_guest_memory(VmmBlkNbd *c)
+{
+    g_mutex_lock(&c->send_lock);
+    gboolean on = c->connected && c->guest_memory && c->ram;
+    g_mutex_unlock(&c->send_lock);
+    return on;
 }
 
 void vmm_blk_nbd_set_complete(VmmBlkNbd *c, VmmBlkNbdCompleteFn fn)
@@ -333,8 +353,36 @@ static gboolean read_go_replies(VmmBlkNbd *c, int fd, gint64 deadline, guint64 *
     return TRUE;
 }
 
+/* Asks blockd to take data through guest memory; *ACCEPTED says whether it
+ * did (a blockd without the guest's RAM answers NBD_REP_ERR_UNSUP). */
+static gboolean ask_guest_memory(VmmBlkNbd *c, int fd, gint64 deadline, gboolean *accepted, GError **error)
+{
+    guint8 opt[16];
+    put_be64(opt, NBD_IHAVEOPT);
+    put_be32(opt + 8, NBD_OPT_VMM_GUEST_MEMORY);
+    put_be32(opt + 12, 0);
+    struct iovec iov = { opt, sizeof(opt) };
+    if (!write_all(fd, &iov, 1))
+        return hs_fail(c, error, "sending NBD_OPT_VMM_GUEST_MEMORY");
+    guint8 hdr[20];
+    if (!read_full(fd, hdr, sizeof(hdr), deadline))
+        return hs_fail(c, error, "reading the reply to NBD_OPT_VMM_GUEST_MEMORY");
+    guint32 type = get_be32(hdr + 12), len = get_be32(hdr + 16);
+    if (get_be64(hdr) != NBD_OPT_REPLY_MAGIC || get_be32(hdr + 8) != NBD_OPT_VMM_GUEST_MEMORY ||
+        len > NBD_MAX_OPTION || (type != NBD_REP_ACK && !(type & NBD_REP_FLAG_ERROR))) {
+        g_set_error(error, VMM_ERROR, VMM_ERROR_PROTOCOL,
+                    "drive '%s': NBD handshake with blockd: bad reply to NBD_OPT_VMM_GUEST_MEMORY", c->name);
+        return FALSE;
+    }
+    g_autofree guint8 *data = g_malloc(MAX(len, 1));
+    if (!read_full(fd, data, len, deadline))
+        return hs_fail(c, error, "reading the reply to NBD_OPT_VMM_GUEST_MEMORY");
+    *accepted = type == NBD_REP_ACK;
+    return TRUE;
+}
+
 static gboolean negotiate(VmmBlkNbd *c, int fd, guint64 *size, guint16 *flags, guint32 *max,
-                          GError **error)
+                          gboolean *guest_memory, GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + c->handshake_timeout_ms * 1000LL;
     guint8 greet[18];
@@ -353,7 +401,8 @@ static gboolean negotiate(VmmBlkNbd *c, int fd, guint64 *size, guint16 *flags, g
     if (!write_all(fd, &iov, 1))
         return hs_fail(c, error, "sending the client flags");
     *max = NBD_MAX_PAYLOAD;
-    return send_go(c, fd, error) && read_go_replies(c, fd, deadline, size, flags, max, error);
+    return ask_guest_memory(c, fd, deadline, guest_memory, error) && send_go(c, fd, error) &&
+           read_go_replies(c, fd, deadline, size, flags, max, error);
 }
 
 /* ---- Sending -------------------------------------------------------------------- */
@@ -387,12 +436,65 @@ static gboolean send_write_spliced(VmmBlkNbd *c, NbdReq *r, const struct iovec *
     return TRUE;
 }
 
+/* Under send_lock: R's buffers as a guest memory segment list (proto/nbd.h)
+ * in BUF, adjacent buffers merged; its size, or 0 when some buffer is not in
+ * guest RAM (then the data goes through the socket). */
+static gsize guest_segments(VmmBlkNbd *c, const NbdReq *r, guint8 *buf)
+{
+    guint32 count = 0;
+    guint8 *seg = buf + NBD_VMM_SEGMENT_LIST_HEADER - NBD_VMM_SEGMENT_SIZE;
+    guint64 last_end = G_MAXUINT64;
+    for (unsigned i = 0; i < r->niov; i++) {
+        guint8 *p = r->iov[i].iov_base;
+        gsize len = r->iov[i].iov_len;
+        if (p < c->ram || len > c->ram_size || (guint64)(p - c->ram) > c->ram_size - len)
+            return 0;
+        guint64 at = (guint64)(p - c->ram);
+        if (count && at == last_end && get_be32(seg + 8) + (guint64)len <= G_MAXUINT32) {
+            put_be32(seg + 8, get_be32(seg + 8) + (guint32)len);
+        } else {
+            seg += NBD_VMM_SEGMENT_SIZE;
+            put_be64(seg, at);
+            put_be32(seg + 8, (guint32)len);
+            put_be32(seg + 12, 0);
+            count++;
+        }
+        last_end = at + len;
+    }
+    put_be32(buf, count);
+    put_be32(buf + 4, 0);
+    return NBD_VMM_SEGMENT_LIST_HEADER + (gsize)count * NBD_VMM_SEGMENT_SIZE;
+}
+
+/* Under send_lock: R with its data in guest memory, if this connection does
+ * that and R's buffers are all in guest RAM; FALSE: nothing was sent. */
+static gboolean send_in_guest(VmmBlkNbd *c, NbdReq *r, guint8 *hdr)
+{
+    if (!c->guest_memory || !c->ram || r->niov == 0 || r->niov > NBD_VMM_MAX_SEGMENTS ||
+        (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE))
+        return FALSE;
+    guint8 local[NBD_VMM_SEGMENT_LIST_HEADER + 64 * NBD_VMM_SEGMENT_SIZE];
+    gsize cap = NBD_VMM_SEGMENT_LIST_HEADER + (gsize)r->niov * NBD_VMM_SEGMENT_SIZE;
+    g_autofree guint8 *heap = cap > sizeof(local) ? g_malloc(cap) : NULL;
+    guint8 *list = heap ? heap : local;
+    gsize list_len = guest_segments(c, r, list);
+    if (!list_len)
+        return FALSE;
+    r->in_guest = TRUE;
+    put_be16(hdr + 4, r->flags | NBD_CMD_FLAG_VMM_GUEST_MEMORY);
+    struct iovec iov[2] = { { hdr, NBD_REQUEST_SIZE }, { list, list_len } };
+    if (!write_all(c->fd, iov, 2))
+        shutdown(c->fd, SHUT_RDWR);
+    return TRUE;
+}
+
 /* Under send_lock: sends R on the current connection unless it was already. */
 static void send_locked(VmmBlkNbd *c, NbdReq *r)
 {
     if (!c->connected || r->sent_gen == c->gen)
         return;
     r->sent_gen = c->gen;
+    r->in_guest = FALSE;
     guint8 hdr[NBD_REQUEST_SIZE];
     put_be32(hdr, NBD_REQUEST_MAGIC);
     put_be16(hdr + 4, r->flags);
@@ -400,6 +502,8 @@ static void send_locked(VmmBlkNbd *c, NbdReq *r)
     put_be64(hdr + 8, r->cookie);
     put_be64(hdr + 16, r->offset);
     put_be32(hdr + 24, r->len);
+    if (send_in_guest(c, r, hdr))
+        return;
     struct iovec iov[1 + MAX_IOV];
     unsigned n = 0;
     iov[n++] = (struct iovec){ hdr, sizeof(hdr) };
@@ -603,7 +707,7 @@ static gboolean read_reply(VmmBlkNbd *c, int fd, const char **why)
         return FALSE;
     }
     int ret = vmm_blk_nbd_errno(get_be32(hdr + 4));
-    if (r->type == NBD_CMD_READ && ret == 0 && !readv_full(fd, r->iov, r->niov)) {
+    if (r->type == NBD_CMD_READ && ret == 0 && !r->in_guest && !readv_full(fd, r->iov, r->niov)) {
         *why = g_strerror(errno);
         return FALSE;   /* still in the table: read again after a reconnect */
     }
@@ -693,7 +797,8 @@ gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error)
     guint64 size = 0;
     guint16 flags = 0;
     guint32 max = NBD_MAX_PAYLOAD;
-    if (!negotiate(c, fd, &size, &flags, &max, error)) {
+    gboolean guest_memory = FALSE;
+    if (!negotiate(c, fd, &size, &flags, &max, &guest_memory, error)) {
         close(fd);
         return FALSE;
     }
@@ -716,6 +821,7 @@ gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error)
     c->fd = fd;
     c->gen++;
     c->connected = TRUE;
+    c->guest_memory = guest_memory;
     ReaderArgs *a = g_new0(ReaderArgs, 1);
     a->c = c;
     a->fd = fd;

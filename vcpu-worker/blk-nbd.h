@@ -5,7 +5,8 @@
  * server's maximum block size) sent at once from the calling thread; a reader
  * thread per connection matches simple replies to requests by cookie and
  * completes them, in any order, so many requests are in flight. Negotiation
- * is fixed newstyle with NBD_OPT_GO (structured replies are not asked for).
+ * is fixed newstyle with NBD_OPT_GO (structured replies are not asked for),
+ * after NBD_OPT_VMM_GUEST_MEMORY (see vmm_blk_nbd_set_guest_memory).
  *
  * When the connection drops (blockd died), requests in flight and new ones
  * wait; vmm_blk_nbd_connect() with a new socket negotiates again and sends
@@ -28,6 +29,14 @@ void vmm_blk_nbd_free(VmmBlkNbd *c);
  * timeout, then serves requests on it. A second call replaces a dropped (or
  * live) connection: the export must have the same size. */
 gboolean vmm_blk_nbd_connect(VmmBlkNbd *c, int fd, GError **error);
+/* Guest RAM as mapped here (BASE, SIZE bytes of the memfd blockd maps too):
+ * READ and WRITE whose buffers lie in it then send blockd where the data is
+ * instead of the data, where blockd agreed to it (NBD_OPT_VMM_GUEST_MEMORY,
+ * proto/nbd.h). Set again after a machine reset maps RAM anew; BASE NULL
+ * turns it off. */
+void vmm_blk_nbd_set_guest_memory(VmmBlkNbd *c, guint8 *base, guint64 size);
+/* Whether the current connection moves data through guest memory. */
+gboolean vmm_blk_nbd_guest_memory(VmmBlkNbd *c);
 /* The negotiation's bound (10 s by default; the fuzz target's is short). */
 void vmm_blk_nbd_set_handshake_timeout(VmmBlkNbd *c, guint ms);
 gboolean vmm_blk_nbd_connected(VmmBlkNbd *c);

@@ -153,6 +153,7 @@ gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping
         madvise(p, ram_size, MADV_MERGEABLE);
     vm->ram = p;
     vm->ram_size = ram_size;
+    vm->ram_private = how->private_copy;
     guint64 low = vmm_guest_low_ram_size(ram_size);
     guint64 high = vmm_guest_high_ram_size(ram_size);
     if (!set_memory_slot(vm, 0, 0, low, vm->ram, error))

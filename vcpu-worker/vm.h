@@ -34,6 +34,7 @@ typedef struct {
     gboolean tsc_deadline;  /* KVM_CAP_TSC_DEADLINE_TIMER */
     guint8 *ram;            /* low RAM then high RAM, MAP_SHARED from the memfd */
     guint64 ram_size;
+    gboolean ram_private;   /* MAP_PRIVATE: other processes mapping the fd do not see the guest's RAM */
     int vcpu_mmap_size;     /* KVM_GET_VCPU_MMAP_SIZE */
     struct kvm_cpuid2 *supported_cpuid;     /* KVM_GET_SUPPORTED_CPUID, cached */
 } VmmVm;

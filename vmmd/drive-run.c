@@ -1,9 +1,11 @@
 /* The VM's disks at run time: see drive-run.h. */
 #include "vmmd/drive-run.h"
 #include "vmmd/drive-files.h"
+#include "vmmd/memory-backend.h"
 #include "vmmd/vm-options.h"
 #include "vmmd/vm.h"
 #include "common/error.h"
+#include "common/fdpass.h"
 #include "common/log.h"
 #include "proto/control.h"
 
@@ -245,21 +247,29 @@ static void add_to_blockd(DriveRt *r, VmmHelperProc *blockd)
         vmm_drive_files_clear(&f);
         return;
     }
-    int fds[VMM_DRIVE_MAX_FILES + 2];
+    int fds[VMM_DRIVE_MAX_FILES + 3];
     guint nfds = 0;
     fds[nfds++] = sv[1];
     for (guint i = 0; i < f.n; i++)
         fds[nfds++] = f.fds[i];
     if (f.overlay_fd >= 0)
         fds[nfds++] = f.overlay_fd;
+    JsonObject *args = drive_add_args(r, &f);
+    /* The guest's RAM, where blockd sees what vcpu-worker sees (a private
+     * mapping keeps the guest's writes to itself) and the message has room. */
+    const VmmGuestRam *ram = r->rt->d->guest_ram;
+    if (ram && ram->fd >= 0 && ram->share && nfds < G_N_ELEMENTS(fds) && nfds < VMM_MAX_FDS) {
+        fds[nfds++] = ram->fd;
+        json_object_set_int_member(args, "guest-memory", (gint64)ram->size);
+    }
     if (r->client_fd >= 0)
         close(r->client_fd);
     r->client_fd = sv[0];
     r->served = FALSE;
     r->adding = TRUE;
     r->blockd_gen = r->rt->blockd_gen;
-    if (!vmm_channel_call(vmm_helper_proc_channel(blockd), VMM_CMD_DRIVE_ADD, drive_add_args(r, &f), fds,
-                          nfds, on_drive_added, r, &err)) {
+    if (!vmm_channel_call(vmm_helper_proc_channel(blockd), VMM_CMD_DRIVE_ADD, args, fds, nfds, on_drive_added,
+                          r, &err)) {
         r->adding = FALSE;
         drive_failed(r, err->message);
     }

@@ -1,6 +1,9 @@
 /* libFuzzer target: vcpu-worker's NBD client (vcpu-worker/blk-nbd.c) reading
  * what blockd sends, which a compromised blockd controls: the handshake (the
- * greeting and the NBD_OPT_GO replies) and the replies to requests in flight.
+ * greeting, the reply to NBD_OPT_VMM_GUEST_MEMORY and the NBD_OPT_GO replies)
+ * and the replies to requests in flight. The read's buffer is in the
+ * client's guest RAM, so an accepted NBD_OPT_VMM_GUEST_MEMORY sends it by
+ * reference and its reply carries no data.
  * Input: a big-endian 16-bit length L, L bytes of handshake, then the reply
  * stream, which arrives once two requests (a 4 KiB read with cookie 1, a flush
  * with cookie 2) are in flight. Nothing may crash, hang or leak. */
@@ -50,11 +53,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     vmm_blk_nbd_set_complete(c, fuzz_complete);
     /* A handshake cut short waits for more bytes: not for long here. */
     vmm_blk_nbd_set_handshake_timeout(c, 5);
+    static uint8_t ram[8192];
+    uint8_t *buf = ram + 4096;
+    vmm_blk_nbd_set_guest_memory(c, ram, sizeof(ram));
     GError *err = NULL;
-    static uint8_t buf[4096];
     FuzzReq reqs[2] = { { 1 }, { 1 } };
     if (vmm_blk_nbd_connect(c, sv[0], &err)) {
-        struct iovec iov = { buf, sizeof(buf) };
+        struct iovec iov = { buf, 4096 };
         vmm_blk_nbd_ops.read(c, 0, &iov, 1, (VmmBlkRequest *)&reqs[0]);
         vmm_blk_nbd_ops.flush(c, (VmmBlkRequest *)&reqs[1]);
         send_all(sv[1], data + 2 + hs_len, size - 2 - hs_len);

@@ -3,7 +3,8 @@
  * is written into one end of a socketpair whose other end the server engine
  * serves, while a thread drains the server's replies, and the input ends with
  * a half-close. The export is a 1 MiB temporary raw image with allocation
- * depth; TLS is offered (PSK, optional) so that STARTTLS is reached too. The
+ * depth; TLS is offered (PSK, optional) so that STARTTLS is reached too; the
+ * connection has 64 KiB of "guest memory" for NBD_OPT_VMM_GUEST_MEMORY. The
  * server must neither crash nor hang, and every connection must end. */
 #include <errno.h>
 #include <glib.h>
@@ -112,7 +113,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return 0;
-    if (!nbd_server_serve_fd(server, sv[0], NULL)) {
+    static guint8 guest[64 * 1024];
+    NbdGuestMemory mem = { guest, sizeof(guest) };
+    if (!nbd_server_serve_fd_guest(server, sv[0], &mem, NULL)) {
         close(sv[1]);
         return 0;
     }

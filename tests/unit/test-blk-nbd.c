@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -259,6 +260,191 @@ static void test_server_error(Fixture *f, gconstpointer data)
     g_assert_cmpint(u.ret, ==, 0);
 }
 
+/* ---- Data through guest memory (NBD_OPT_VMM_GUEST_MEMORY) --------------------- */
+
+#define RAM_SIZE (64 * MiB)
+
+/* One memfd mapped twice, as vcpu-worker and blockd map the guest's RAM: at
+ * different addresses, so that only offsets can work between them. */
+typedef struct {
+    guint8 *client, *server;
+} TwoViews;
+
+static void two_views(TwoViews *v)
+{
+    int fd = memfd_create("test-ram", MFD_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(ftruncate(fd, RAM_SIZE), ==, 0);
+    v->client = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    v->server = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    g_assert_true(v->client != MAP_FAILED && v->server != MAP_FAILED && v->client != v->server);
+    close(fd);
+}
+
+static void two_views_free(TwoViews *v)
+{
+    munmap(v->client, RAM_SIZE);
+    munmap(v->server, RAM_SIZE);
+}
+
+/* As serve(), with the server given the guest's RAM. */
+static int serve_with_ram(Fixture *f, guint8 *ram)
+{
+    g_autoptr(GError) err = NULL;
+    int fd = serve(f, "d0", FALSE);
+    /* serve() started a connection without RAM on the other end: a second
+     * socketpair for the same export, this one with it. */
+    close(fd);
+    int sv[2];
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+    NbdGuestMemory mem = { ram, RAM_SIZE };
+    g_assert_true(nbd_server_serve_fd_guest(f->server, sv[0], &mem, &err));
+    return sv[1];
+}
+
+/* Writes from scattered guest pages (out of order, some adjacent), reads into
+ * others, many in flight, and one request from a buffer outside guest RAM
+ * (through the socket): the file and the buffers agree. */
+static void test_guest_memory(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GError) err = NULL;
+    TwoViews v;
+    two_views(&v);
+    vmm_blk_nbd_set_guest_memory(f->client, v.client, RAM_SIZE);
+    g_assert_true(vmm_blk_nbd_connect(f->client, serve_with_ram(f, v.server), &err));
+    g_assert_true(vmm_blk_nbd_guest_memory(f->client));
+    enum { N = 32, PAGES = 64, PAGE = 4096, LEN = PAGES * PAGE };
+    /* Request i's page j lives at guest page (i * PAGES + perm(j)) of the
+     * first half of RAM (pairs of adjacent pages, pairs in reverse order);
+     * its read lands in the same layout in the second half. */
+    static struct iovec wiov[N][PAGES], riov[N][PAGES];
+    g_autofree guint8 *expect = g_malloc(N * LEN), *fbuf = g_malloc(LEN);
+    TestReq w[N] = { 0 }, r[N] = { 0 };
+    for (guint i = 0; i < N; i++) {
+        for (guint j = 0; j < PAGES; j++) {
+            guint page = i * PAGES + (PAGES - 2 - (j & ~1u)) + (j & 1u);
+            wiov[i][j] = (struct iovec){ v.client + (gsize)page * PAGE, PAGE };
+            riov[i][j] = (struct iovec){ v.client + RAM_SIZE / 2 + (gsize)page * PAGE, PAGE };
+            fill(wiov[i][j].iov_base, PAGE, i * PAGES + j);
+            memcpy(expect + (gsize)i * LEN + (gsize)j * PAGE, wiov[i][j].iov_base, PAGE);
+        }
+        vmm_blk_nbd_ops.write(f->client, (guint64)i * LEN, wiov[i], PAGES, (VmmBlkRequest *)&w[i]);
+    }
+    wait_done(w, N);
+    for (guint i = 0; i < N; i++) {
+        g_assert_cmpint(w[i].ret, ==, 0);
+        vmm_blk_nbd_ops.read(f->client, (guint64)i * LEN, riov[i], PAGES, (VmmBlkRequest *)&r[i]);
+    }
+    wait_done(r, N);
+    for (guint i = 0; i < N; i++) {
+        g_assert_cmpint(r[i].ret, ==, 0);
+        file_read(f, (guint64)i * LEN, fbuf, LEN);
+        g_assert_cmpmem(fbuf, LEN, expect + (gsize)i * LEN, LEN);
+        for (guint j = 0; j < PAGES; j++)
+            g_assert_cmpmem(riov[i][j].iov_base, PAGE, expect + (gsize)i * LEN + (gsize)j * PAGE, PAGE);
+    }
+    /* Not guest memory: the data crosses the socket, on the same connection. */
+    guint8 outside[PAGE], back[PAGE] = { 0 };
+    fill(outside, PAGE, 99);
+    TestReq o[2] = { 0 };
+    do_write(f, &o[0], 0, outside, PAGE);
+    wait_done(&o[0], 1);
+    do_read(f, &o[1], 0, back, PAGE);
+    wait_done(&o[1], 1);
+    g_assert_cmpint(o[0].ret, ==, 0);
+    g_assert_cmpint(o[1].ret, ==, 0);
+    g_assert_cmpmem(back, PAGE, outside, PAGE);
+    two_views_free(&v);
+}
+
+/* A read-only export takes guest-memory reads too (the image's zeroes land
+ * over what guest memory held). */
+static void test_guest_memory_ro(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GError) err = NULL;
+    TwoViews v;
+    two_views(&v);
+    int sv[2];
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+    VmmBlockDev *bs = open_image(f->path, TRUE);
+    f->server = nbd_server_new();
+    NbdExportConfig cfg = { .name = "d0", .bs = bs, .read_only = TRUE };
+    NbdExport *exp = nbd_export_new(&cfg, &err);
+    g_assert_true(nbd_server_add_export(f->server, exp, &err));
+    nbd_export_unref(exp);
+    vmm_block_unref(bs);
+    NbdGuestMemory mem = { v.server, RAM_SIZE };
+    g_assert_true(nbd_server_serve_fd_guest(f->server, sv[0], &mem, &err));
+    vmm_blk_nbd_set_guest_memory(f->client, v.client, RAM_SIZE);
+    g_assert_true(vmm_blk_nbd_connect(f->client, sv[1], &err));
+    g_assert_true(vmm_blk_nbd_guest_memory(f->client));
+    memset(v.client, 0xaa, 8192);
+    struct iovec iov = { v.client, 8192 };
+    TestReq t[2] = { 0 };
+    vmm_blk_nbd_ops.read(f->client, EXPORT_SIZE - 8192, &iov, 1, (VmmBlkRequest *)&t[0]);
+    wait_done(&t[0], 1);
+    g_assert_cmpint(t[0].ret, ==, 0);
+    for (guint i = 0; i < 8192; i++)
+        g_assert_cmpuint(v.client[i], ==, 0);
+    two_views_free(&v);
+}
+
+/* Proof that the data went through guest memory and not the socket: the
+ * server is given a different memfd than the client's (never so in a VM), so
+ * the file gets what the server's view holds, and a read lands there. */
+static void test_guest_memory_no_payload(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GError) err = NULL;
+    TwoViews mine, other;
+    two_views(&mine);
+    two_views(&other);
+    vmm_blk_nbd_set_guest_memory(f->client, mine.client, RAM_SIZE);
+    g_assert_true(vmm_blk_nbd_connect(f->client, serve_with_ram(f, other.server), &err));
+    memset(mine.client, 0x11, 65536);
+    memset(other.client, 0x22, 65536);
+    struct iovec iov = { mine.client, 65536 };
+    TestReq t[2] = { 0 };
+    vmm_blk_nbd_ops.write(f->client, 0, &iov, 1, (VmmBlkRequest *)&t[0]);
+    wait_done(&t[0], 1);
+    g_assert_cmpint(t[0].ret, ==, 0);
+    guint8 fbuf[65536];
+    file_read(f, 0, fbuf, sizeof(fbuf));
+    for (gsize i = 0; i < sizeof(fbuf); i++)
+        g_assert_cmpuint(fbuf[i], ==, 0x22);
+    memset(other.client, 0, 65536);
+    vmm_blk_nbd_ops.read(f->client, 0, &iov, 1, (VmmBlkRequest *)&t[1]);
+    wait_done(&t[1], 1);
+    g_assert_cmpint(t[1].ret, ==, 0);
+    for (gsize i = 0; i < 65536; i++)
+        g_assert_cmpuint(other.client[i], ==, 0x22);
+    g_assert_cmpuint(mine.client[0], ==, 0x11);
+    two_views_free(&mine);
+    two_views_free(&other);
+}
+
+/* The client has guest RAM but the server was given none: data through the
+ * socket, as before. */
+static void test_guest_memory_refused(Fixture *f, gconstpointer data)
+{
+    g_autoptr(GError) err = NULL;
+    TwoViews v;
+    two_views(&v);
+    vmm_blk_nbd_set_guest_memory(f->client, v.client, RAM_SIZE);
+    g_assert_true(vmm_blk_nbd_connect(f->client, serve(f, "d0", FALSE), &err));
+    g_assert_false(vmm_blk_nbd_guest_memory(f->client));
+    fill(v.client, 65536, 5);
+    struct iovec wiov = { v.client, 65536 }, riov = { v.client + 65536, 65536 };
+    TestReq t[2] = { 0 };
+    vmm_blk_nbd_ops.write(f->client, 65536, &wiov, 1, (VmmBlkRequest *)&t[0]);
+    wait_done(&t[0], 1);
+    vmm_blk_nbd_ops.read(f->client, 65536, &riov, 1, (VmmBlkRequest *)&t[1]);
+    wait_done(&t[1], 1);
+    g_assert_cmpint(t[0].ret, ==, 0);
+    g_assert_cmpint(t[1].ret, ==, 0);
+    g_assert_cmpmem(v.client, 65536, v.client + 65536, 65536);
+    two_views_free(&v);
+}
+
 /* ---- A server that dies with requests in flight ------------------------------ */
 
 typedef struct {
@@ -289,6 +475,17 @@ static gpointer dying_server(gpointer data)
     g_assert_cmpint(write(s->fd, greet, sizeof(greet)), ==, sizeof(greet));
     guint8 cflags[4], opt[16];
     g_assert_true(read_n(s->fd, cflags, 4) && read_n(s->fd, opt, 16));
+    /* Asked to move data through guest memory, it answers as a server that
+     * knows no such option. */
+    g_assert_cmpuint(get_be32(opt + 8), ==, NBD_OPT_VMM_GUEST_MEMORY);
+    g_assert_cmpuint(get_be32(opt + 12), ==, 0);
+    guint8 unsup[20];
+    put_be64(unsup, NBD_OPT_REPLY_MAGIC);
+    put_be32(unsup + 8, NBD_OPT_VMM_GUEST_MEMORY);
+    put_be32(unsup + 12, NBD_REP_ERR_UNSUP);
+    put_be32(unsup + 16, 0);
+    g_assert_cmpint(write(s->fd, unsup, sizeof(unsup)), ==, sizeof(unsup));
+    g_assert_true(read_n(s->fd, opt, 16));
     g_assert_cmpuint(get_be32(opt + 8), ==, NBD_OPT_GO);
     g_autofree guint8 *odata = g_malloc(get_be32(opt + 12));
     g_assert_true(read_n(s->fd, odata, get_be32(opt + 12)));
@@ -513,5 +710,9 @@ int main(int argc, char **argv)
     ADD("reconnect-size-changed", test_reconnect_size_changed);
     ADD("free-fails-waiting", test_free_fails_waiting);
     ADD("virtio-blk-end-to-end", test_virtio_blk_end_to_end);
+    ADD("guest-memory", test_guest_memory);
+    ADD("guest-memory-read-only", test_guest_memory_ro);
+    ADD("guest-memory-refused", test_guest_memory_refused);
+    ADD("guest-memory-no-payload", test_guest_memory_no_payload);
     return g_test_run();
 }

@@ -855,6 +855,125 @@ static void test_request_errors(Fixture *f, gconstpointer data)
     close(fd);
 }
 
+/* ---- NBD_OPT_VMM_GUEST_MEMORY (proto/nbd.h) ---- */
+
+#define GUEST_RAM (1 * MIB)
+
+/* A connection given GUEST's RAM (NULL: none), in transmission on NAME after
+ * asking for guest memory; *ACK says what the server answered. */
+static int guest_open(Fixture *f, guint8 *guest, const char *name, guint32 *ack)
+{
+    int sv[2];
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+    struct timeval tv = { .tv_sec = 10 };
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    g_autoptr(GError) err = NULL;
+    NbdGuestMemory mem = { guest, GUEST_RAM };
+    g_assert_true(nbd_server_serve_fd_guest(f->server, sv[0], guest ? &mem : NULL, &err));
+    client_handshake(sv[1], NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    if (guest)
+        g_assert_cmphex(option_expect_single(sv[1], NBD_OPT_VMM_GUEST_MEMORY, "x", 1), ==, NBD_REP_ERR_INVALID);
+    *ack = option_expect_single(sv[1], NBD_OPT_VMM_GUEST_MEMORY, NULL, 0);
+    ExportInfo info;
+    g_assert_cmpuint(client_info(sv[1], NBD_OPT_GO, name, &info), ==, NBD_REP_ACK);
+    export_info_clear(&info);
+    return sv[1];
+}
+
+typedef struct {
+    guint64 at;
+    guint32 len;
+} Seg;
+
+/* A READ or WRITE whose data is the segments SEGS of guest memory; COUNT may
+ * differ from NSEGS (a lie about the list). Returns the reply's error. */
+static guint32 guest_cmd(int fd, guint16 type, guint16 flags, guint64 offset, guint32 len, const Seg *segs,
+                         guint nsegs, guint32 count)
+{
+    static guint64 cookie = 5000;
+    guint64 c = ++cookie;
+    send_request(fd, flags | NBD_CMD_FLAG_VMM_GUEST_MEMORY, type, c, offset, len, NULL);
+    guint8 head[NBD_VMM_SEGMENT_LIST_HEADER] = { 0 };
+    put32(head, count);
+    send_all(fd, head, sizeof(head));
+    for (guint i = 0; i < nsegs; i++) {
+        guint8 e[NBD_VMM_SEGMENT_SIZE] = { 0 };
+        put64(e, segs[i].at);
+        put32(e + 8, segs[i].len);
+        send_all(fd, e, sizeof(e));
+    }
+    return recv_simple(fd, c, NULL, 0);
+}
+
+static void test_guest_memory(Fixture *f, gconstpointer data)
+{
+    g_autofree guint8 *guest = g_malloc0(GUEST_RAM);
+    guint32 ack;
+    /* A connection without the guest's RAM (any remote client) does not know
+     * the option, and the flag is not valid there. */
+    int plain = guest_open(f, NULL, "", &ack);
+    g_assert_cmphex(ack, ==, NBD_REP_ERR_UNSUP);
+    guint8 w[4096];
+    fill_pattern(w, sizeof(w), 3);
+    g_assert_cmpuint(simple_cmd(plain, NBD_CMD_FLAG_VMM_GUEST_MEMORY, NBD_CMD_WRITE, 0, sizeof(w), w), ==,
+                     NBD_EINVAL);
+    g_assert_cmpuint(simple_cmd(plain, 0, NBD_CMD_WRITE, 0, sizeof(w), w), ==, 0);
+    close(plain);
+
+    int fd = guest_open(f, guest, "", &ack);
+    g_assert_cmphex(ack, ==, NBD_REP_ACK);
+    /* Two pieces, second first: the image gets them in list order. */
+    fill_pattern(guest + 8192, 4096, 1);
+    fill_pattern(guest + 4096, 4096, 2);
+    Seg two[] = { { 8192, 4096 }, { 4096, 4096 } };
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 2 * MIB, 8192, two, 2, 2), ==, 0);
+    guint8 direct[8192];
+    g_assert_true(vmm_block_pread(f->disk, 2 * MIB, 8192, direct, NULL));
+    g_assert_cmpmem(direct, 4096, guest + 8192, 4096);
+    g_assert_cmpmem(direct + 4096, 4096, guest + 4096, 4096);
+    /* FUA flushes. */
+    int flushes = g_atomic_int_get(&g_flushes);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 3 * MIB, 8192, two, 2, 2), ==, 0);
+    g_assert_cmpint(g_atomic_int_get(&g_flushes), >, flushes);
+    /* A read lands where its list says. */
+    Seg one[] = { { GUEST_RAM - 8192, 8192 } };
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_READ, 0, 2 * MIB, 8192, one, 1, 1), ==, 0);
+    g_assert_cmpmem(guest + GUEST_RAM - 8192, 8192, direct, 8192);
+
+    /* Bad lists: EINVAL, nothing written, the stream stays in sync. */
+    Seg outside[] = { { GUEST_RAM - 4096, 8192 } };
+    Seg wrap[] = { { G_MAXUINT64 - 100, 4096 } };
+    Seg empty[] = { { 0, 0 }, { 0, 4096 } };
+    Seg short_list[] = { { 0, 4096 } };
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 0, 8192, outside, 1, 1), ==, NBD_EINVAL);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_READ, 0, 0, 4096, wrap, 1, 1), ==, NBD_EINVAL);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 0, 4096, empty, 2, 2), ==, NBD_EINVAL);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 0, 8192, short_list, 1, 1), ==, NBD_EINVAL);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_READ, 0, 64 * MIB, 4096, short_list, 1, 1), ==, NBD_EINVAL);
+    /* Past the end of the export (the list is still read past). */
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 64 * MIB - 2048, 4096, short_list, 1, 1), ==, NBD_ENOSPC);
+    /* Only READ and WRITE take the flag. */
+    g_assert_cmpuint(simple_cmd(fd, NBD_CMD_FLAG_VMM_GUEST_MEMORY, NBD_CMD_FLUSH, 0, 0, NULL), ==, NBD_EINVAL);
+    g_assert_true(vmm_block_pread(f->disk, 0, 4096, direct, NULL));
+    g_assert_cmpmem(direct, 4096, w, 4096);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_READ, 0, 2 * MIB, 4096, short_list, 1, 1), ==, 0);
+    g_assert_cmpmem(guest, 4096, guest + 8192, 4096);
+    /* A list longer than the limit ends the connection (only this one). */
+    send_request(fd, NBD_CMD_FLAG_VMM_GUEST_MEMORY, NBD_CMD_WRITE, 1, 0, 4096, NULL);
+    guint8 head[NBD_VMM_SEGMENT_LIST_HEADER] = { 0 };
+    put32(head, NBD_VMM_MAX_SEGMENTS + 1);
+    send_all(fd, head, sizeof(head));
+    assert_closed(fd);
+    close(fd);
+
+    /* A read-only export refuses guest-memory writes and still serves reads. */
+    fd = guest_open(f, guest, "ro", &ack);
+    g_assert_cmphex(ack, ==, NBD_REP_ACK);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_WRITE, 0, 0, 4096, short_list, 1, 1), ==, NBD_EPERM);
+    g_assert_cmpuint(guest_cmd(fd, NBD_CMD_READ, 0, 0, 4096, short_list, 1, 1), ==, 0);
+    close(fd);
+}
+
 static void test_disconnects_only_offender(Fixture *f, gconstpointer data)
 {
     int good = client_open(f, "", FALSE, NULL, NULL);
@@ -1447,6 +1566,7 @@ int main(int argc, char **argv)
     ADD("remove-export", test_remove_export);
     ADD("listeners", test_listeners);
     ADD("handshake-timeout", test_handshake_timeout);
+    ADD("guest-memory", test_guest_memory);
     g_test_add_func("/nbd-server/export-config-errors", test_export_config_errors);
     g_test_add_func("/nbd-server/tls-psk", test_tls_psk);
     g_test_add_func("/nbd-server/tls-creds-errors", test_tls_creds_errors);

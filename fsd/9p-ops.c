@@ -9,10 +9,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -664,18 +666,74 @@ static gboolean read_spliced(Req *r, int fd, guint32 count, P9Fcall *out)
     return TRUE;
 }
 
+/* ---- Data in guest RAM (Tread.vmm, Twrite.vmm) ---- */
+
+/* Copies LEN bytes between BUF and the segments (TO_GUEST: into them). */
+static void segs_copy(const Req *r, guint8 *buf, gsize len, gboolean to_guest)
+{
+    for (guint i = 0; i < r->nsegs && len > 0; i++) {
+        gsize n = MIN(len, r->segs[i].iov_len);
+        if (to_guest)
+            memcpy(r->segs[i].iov_base, buf, n);
+        else
+            memcpy(buf, r->segs[i].iov_base, n);
+        buf += n;
+        len -= n;
+    }
+}
+
+/* preadv/pwritev of the first COUNT bytes of R's segments at OFFSET of FD,
+ * in pieces of at most IOV_MAX; a read stops at the end of the file. The
+ * bytes moved, or -errno. */
+static gssize segs_io(const Req *r, int fd, guint64 offset, guint64 count, gboolean write)
+{
+    g_autofree struct iovec *iov = g_new(struct iovec, r->nsegs);
+    guint n = 0;
+    for (guint64 left = count; n < r->nsegs && left > 0; n++) {
+        iov[n] = r->segs[n];
+        iov[n].iov_len = MIN(iov[n].iov_len, left);
+        left -= iov[n].iov_len;
+    }
+    struct iovec *cur = iov;
+    guint64 done = 0;
+    while (n > 0) {
+        ssize_t got = write ? pwritev(fd, cur, (int)MIN(n, (guint)IOV_MAX), (off_t)(offset + done))
+                            : preadv(fd, cur, (int)MIN(n, (guint)IOV_MAX), (off_t)(offset + done));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return done ? (gssize)done : -errno;
+        if (got == 0)
+            break;
+        done += (guint64)got;
+        while (n > 0 && (gsize)got >= cur->iov_len) {
+            got -= (ssize_t)cur->iov_len;
+            cur++;
+            n--;
+        }
+        if (n > 0) {
+            cur->iov_base = (guint8 *)cur->iov_base + got;
+            cur->iov_len -= (gsize)got;
+        }
+    }
+    return (gssize)done;
+}
+
 static int op_read(FsdConn *c, Req *r, P9Fcall *out)
 {
     P9Fcall *in = &r->in;
     GET_FID(fid, in->fid);
-    guint32 count = MIN(in->count, max_payload(c));
+    guint32 count = r->segs ? (guint32)MIN(r->seg_bytes, (guint64)max_payload(c)) : MIN(in->count, max_payload(c));
     g_mutex_lock(&fid->lock);
     FidKind kind = fid->kind;
     if (kind == FID_XATTR_READ) {
         guint64 len = fid->xattr->len;
         guint64 off = MIN(in->offset, len);
         guint32 n = (guint32)MIN((guint64)count, len - off);
-        out->data = g_memdup2(fid->xattr->data + off, n ? n : 1);
+        if (r->segs)
+            segs_copy(r, fid->xattr->data + off, n, TRUE);
+        else
+            out->data = g_memdup2(fid->xattr->data + off, n ? n : 1);
         out->count = n;
         g_mutex_unlock(&fid->lock);
         return 0;
@@ -688,6 +746,13 @@ static int op_read(FsdConn *c, Req *r, P9Fcall *out)
         return -EBADF;
     if (in->offset > G_MAXINT64)
         return -EINVAL;
+    if (r->segs) {
+        gssize n = segs_io(r, fd, in->offset, count, FALSE);
+        if (n < 0)
+            return (int)n;
+        out->count = (guint32)n;
+        return 0;
+    }
     if (read_spliced(r, fd, count, out))
         return 0;
     guint8 *buf = g_malloc(count ? count : 1);
@@ -705,25 +770,34 @@ static int op_read(FsdConn *c, Req *r, P9Fcall *out)
     return 0;
 }
 
-static int xattr_write(Fid *fid, P9Fcall *in, P9Fcall *out)
+static int xattr_write(Fid *fid, const Req *r, guint64 count, P9Fcall *out)
 {
+    const P9Fcall *in = &r->in;
     guint64 size = fid->xattr->len;
-    if (in->offset > size || in->count > size - in->offset)
+    if (in->offset > size || count > size - in->offset)
         return -ENOSPC;
-    memcpy(fid->xattr->data + in->offset, in->data, in->count);
-    fid->xattr_copied = MAX(fid->xattr_copied, in->offset + in->count);
-    out->count = in->count;
+    if (r->segs)
+        segs_copy(r, fid->xattr->data + in->offset, count, FALSE);
+    else
+        memcpy(fid->xattr->data + in->offset, in->data, count);
+    fid->xattr_copied = MAX(fid->xattr_copied, in->offset + count);
+    out->count = (guint32)count;
     return 0;
 }
 
-static int op_write(FsdConn *c, P9Fcall *in, P9Fcall *out)
+static int op_write(FsdConn *c, Req *r, P9Fcall *out)
 {
     FsdExport *e = c->e;
+    P9Fcall *in = &r->in;
     GET_FID(fid, in->fid);
+    /* A Twrite.vmm's data is what its segments name (proto/9p.h). */
+    guint64 count = r->segs ? r->seg_bytes : in->count;
+    if (count > G_MAXUINT32)
+        return -EINVAL;
     g_mutex_lock(&fid->lock);
     FidKind kind = fid->kind;
     if (kind == FID_XATTR_WRITE) {
-        int rc = xattr_write(fid, in, out);
+        int rc = xattr_write(fid, r, count, out);
         g_mutex_unlock(&fid->lock);
         return rc;
     }
@@ -738,11 +812,17 @@ static int op_write(FsdConn *c, P9Fcall *in, P9Fcall *out)
     if (in->offset > G_MAXINT64)
         return -EINVAL;
     ssize_t n;
-    do {
-        n = pwrite(fd, in->data, in->count, (off_t)in->offset);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return -errno;
+    if (r->segs) {
+        n = segs_io(r, fd, in->offset, count, TRUE);
+        if (n < 0)
+            return (int)n;
+    } else {
+        do {
+            n = pwrite(fd, in->data, in->count, (off_t)in->offset);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return -errno;
+    }
     if (e->cfg.writeout_immediate && n > 0 && fdatasync(fd) < 0)
         return -errno;
     out->count = (guint32)n;
@@ -1073,8 +1153,10 @@ int fsd_ops_dispatch(FsdConn *c, Req *r, P9Fcall *out)
     case P9_TGETATTR: return op_getattr(c, in, out);
     case P9_TSETATTR: return op_setattr(c, in, out);
     case P9_TSTATFS: return op_statfs(c, in, out);
-    case P9_TREAD: return op_read(c, r, out);
-    case P9_TWRITE: return op_write(c, in, out);
+    case P9_TREAD:
+    case P9_TREAD_VMM: return op_read(c, r, out);
+    case P9_TWRITE:
+    case P9_TWRITE_VMM: return op_write(c, r, out);
     case P9_TREADDIR: return op_readdir(c, in, out);
     case P9_TFSYNC: return op_fsync(c, in, out);
     case P9_TLOCK: return op_lock(c, in, out);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* ---- the export ---- */
@@ -231,6 +232,12 @@ FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user)
     return c;
 }
 
+void fsd_conn_set_guest_memory(FsdConn *c, guint8 *base, guint64 size)
+{
+    c->mem = base;
+    c->mem_size = base ? size : 0;
+}
+
 guint32 fsd_conn_msize(FsdConn *c)
 {
     g_mutex_lock(&c->lock);
@@ -316,6 +323,7 @@ static void send_error(FsdConn *c, guint16 tag, int err)
 
 static void req_free(Req *r)
 {
+    g_free(r->segs);
     p9_fcall_clear(&r->in);
     g_free(r->buf);
     if (r->flushes)
@@ -347,7 +355,20 @@ static void req_finish(Req *r, P9Fcall *reply)
 
 static gboolean is_throttled(guint8 type)
 {
-    return type == P9_TREAD || type == P9_TWRITE;
+    return type == P9_TREAD || type == P9_TWRITE || type == P9_TREAD_VMM || type == P9_TWRITE_VMM;
+}
+
+static gboolean is_write(guint8 type)
+{
+    return type == P9_TWRITE || type == P9_TWRITE_VMM;
+}
+
+/* The data bytes a request moves, for throttling. */
+static guint64 data_bytes(const Req *r, guint32 msize)
+{
+    if (r->segs)
+        return is_write(r->in.type) ? r->seg_bytes : MIN(r->seg_bytes, (guint64)msize);
+    return is_write(r->in.type) ? r->in.count : MIN(r->in.count, msize);
 }
 
 static GPrivate worker_pipe_key = G_PRIVATE_INIT((GDestroyNotify)vmm_splice_pipe_free);
@@ -378,8 +399,8 @@ static void worker(gpointer data, gpointer user)
     FsdExport *e = user;
     FsdConn *c = r->conn;
     if (e->throttle && is_throttled(r->in.type)) {
-        guint64 bytes = r->in.type == P9_TWRITE ? r->in.count : MIN(r->in.count, c->msize);
-        if (!fsd_throttle_wait(e->throttle, r->in.type == P9_TWRITE, bytes, &r->cancelled)) {
+        guint64 bytes = data_bytes(r, c->msize);
+        if (!fsd_throttle_wait(e->throttle, is_write(r->in.type), bytes, &r->cancelled)) {
             req_finish(r, NULL);
             return;
         }
@@ -460,6 +481,35 @@ void fsd_conn_receive(FsdConn *c, const guint8 *msg, gsize len)
     fsd_conn_receive_take(c, g_memdup2(msg, len ? len : 1), len);
 }
 
+/* Tread.vmm/Twrite.vmm: R's segment list as iovecs into guest RAM. 0, or
+ * the errno its Rlerror carries: EOPNOTSUPP without guest RAM (any
+ * connection but a VM's own), EINVAL for a list that is not whole segments
+ * inside RAM. */
+static int take_segments(FsdConn *c, Req *r)
+{
+    if (!c->mem)
+        return EOPNOTSUPP;
+    guint32 n = r->in.count / P9_VMM_SEGMENT_SIZE;
+    if (r->in.count % P9_VMM_SEGMENT_SIZE || n == 0)
+        return EINVAL;
+    r->segs = g_new(struct iovec, n);
+    r->nsegs = n;
+    for (guint32 i = 0; i < n; i++) {
+        const guint8 *e = r->in.data + (gsize)i * P9_VMM_SEGMENT_SIZE;
+        guint64 at;
+        guint32 len;
+        memcpy(&at, e, 8);
+        memcpy(&len, e + 8, 4);
+        at = GUINT64_FROM_LE(at);
+        len = GUINT32_FROM_LE(len);
+        if (len == 0 || at > c->mem_size || len > c->mem_size - at)
+            return EINVAL;
+        r->segs[i] = (struct iovec){ c->mem + at, len };
+        r->seg_bytes += len;
+    }
+    return 0;
+}
+
 void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
 {
     Req *r = g_new0(Req, 1);
@@ -476,9 +526,13 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
         return;
     }
     r->tag = r->in.tag;
+    int seg_err = r->in.type == P9_TREAD_VMM || r->in.type == P9_TWRITE_VMM ? take_segments(c, r) : 0;
     if (r->in.type & 1) {
         /* An R-message sent to a server */
         send_error(c, r->tag, EINVAL);
+    } else if (seg_err) {
+        send_error(c, r->tag, seg_err);
+        g_clear_pointer(&r->segs, g_free);
     } else if (r->in.type == P9_TVERSION) {
         handle_version(c, &r->in);
     } else if (r->in.type == P9_TFLUSH) {

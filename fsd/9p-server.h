@@ -37,6 +37,9 @@ typedef struct {
     gboolean started;
     GArray *flushes;        /* tags of Tflush waiting for this request */
     VmmSplicePipe *pipe;    /* an Rread's data, spliced from the file (the worker's pipe) */
+    struct iovec *segs;     /* Tread.vmm/Twrite.vmm: the data's place in guest RAM */
+    guint nsegs;
+    guint64 seg_bytes;      /* what SEGS add up to */
 } Req;
 
 struct FsdConn {
@@ -50,6 +53,8 @@ struct FsdConn {
     guint32 msize;
     guint generation;       /* a Tversion or close starts a new one */
     gboolean closed;
+    guint8 *mem;            /* the guest's RAM (a VM's connection only), set before the first message */
+    guint64 mem_size;
 };
 
 Fid *fsd_fid_new(guint32 num, guint32 uid, FsdNode *node);

@@ -401,7 +401,7 @@ static Client *client_new(FsdServer *s)
     return cl;
 }
 
-static gboolean client_start(FsdServer *s, Client *cl, GError **error)
+static gboolean client_start(FsdServer *s, Client *cl, guint8 *mem, guint64 mem_size, GError **error)
 {
     cl->s.handle.data = cl;
     uv_async_init(s->loop, &cl->wake, on_wake);
@@ -410,6 +410,7 @@ static gboolean client_start(FsdServer *s, Client *cl, GError **error)
     uv_os_fd_t fd;
     cl->fd = uv_fileno(&cl->s.handle, &fd) == 0 ? fd : -1;
     cl->conn = fsd_conn_new(s->e, client_send, cl);
+    fsd_conn_set_guest_memory(cl->conn, mem, mem_size);
     s->clients = g_list_prepend(s->clients, cl);
     int rc = uv_read_start(&cl->s.stream, on_alloc, on_read);
     if (rc < 0) {
@@ -422,6 +423,11 @@ static gboolean client_start(FsdServer *s, Client *cl, GError **error)
 
 gboolean fsd_server_serve_fd(FsdServer *s, int fd, GError **error)
 {
+    return fsd_server_serve_fd_guest(s, fd, NULL, 0, error);
+}
+
+gboolean fsd_server_serve_fd_guest(FsdServer *s, int fd, guint8 *mem, guint64 mem_size, GError **error)
+{
     Client *cl = client_new(s);
     cl->s.handle.data = cl;
     if (!stream_open_fd(s->loop, &cl->s, fd, error)) {
@@ -432,7 +438,7 @@ gboolean fsd_server_serve_fd(FsdServer *s, int fd, GError **error)
         uv_close(&cl->s.handle, client_handle_closed);
         return FALSE;
     }
-    return client_start(s, cl, error);
+    return client_start(s, cl, mem, mem_size, error);
 }
 
 /* ---- listeners ---- */
@@ -462,7 +468,7 @@ static void on_connection(uv_stream_t *server, int status)
     if (server->type == UV_TCP)
         uv_tcp_nodelay(&cl->s.tcp, 1);
     g_autoptr(GError) err = NULL;
-    if (!client_start(s, cl, &err))
+    if (!client_start(s, cl, NULL, 0, &err))
         vmm_warn("%s", err->message);
 }
 

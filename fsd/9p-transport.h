@@ -15,6 +15,9 @@ gboolean fsd_server_listen(FsdServer *s, const char *address, GError **error);
 gboolean fsd_server_listen_fd(FsdServer *s, int fd, GError **error);
 /* A connected socket; takes ownership. */
 gboolean fsd_server_serve_fd(FsdServer *s, int fd, GError **error);
+/* The socketpair of a VM's device: the connection has the guest's RAM
+ * (MEM_SIZE bytes at MEM, which outlives it) for Tread.vmm/Twrite.vmm. */
+gboolean fsd_server_serve_fd_guest(FsdServer *s, int fd, guint8 *mem, guint64 mem_size, GError **error);
 /* The TCP port of the last TCP listener, or 0. */
 int fsd_server_port(FsdServer *s);
 guint fsd_server_connections(FsdServer *s);

@@ -83,6 +83,10 @@ typedef void (*FsdSendFunc)(FsdConn *c, const struct iovec *iov, unsigned niov, 
                             gpointer user);
 
 FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user);
+/* The guest's RAM as fsd maps it (SIZE bytes at BASE), for a VM's own
+ * connection: Tread.vmm and Twrite.vmm (proto/9p.h) then move data straight
+ * between files and guest memory. Call before the first message. */
+void fsd_conn_set_guest_memory(FsdConn *c, guint8 *base, guint64 size);
 /* Largest message this connection accepts now (msize once negotiated). */
 guint32 fsd_conn_msize(FsdConn *c);
 /* One complete message (LEN = its size field) from the peer. The buffer is

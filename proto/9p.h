@@ -61,6 +61,21 @@ enum {
     P9_TWSTAT = 126,     P9_RWSTAT,
 };
 
+/* vmmd's own messages between vcpu-worker and fsd (docs/fsd.md, "Guest
+ * memory"), only on a connection to which vmmd gave fsd the guest's RAM (fsd
+ * answers them Rlerror(EOPNOTSUPP) anywhere else): a Tread or Twrite whose
+ * data is in guest RAM. Body: fid[4] offset[8] count[4] segments, where the
+ * COUNT bytes are a list of {ram offset[8] length[4]} (P9_VMM_SEGMENT_SIZE
+ * each); the data is what the list names, in order. Tread.vmm's list is
+ * where the data goes (at most msize - 11 bytes of it are read); the replies
+ * are count[4] alone: Rread.vmm says how many bytes fsd put there, Rwrite.vmm
+ * how many it wrote. */
+enum {
+    P9_TREAD_VMM = 204,  P9_RREAD_VMM,
+    P9_TWRITE_VMM = 206, P9_RWRITE_VMM,
+};
+#define P9_VMM_SEGMENT_SIZE 12
+
 /* qid.type */
 #define P9_QTDIR     0x80
 #define P9_QTAPPEND  0x40

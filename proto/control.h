@@ -23,16 +23,16 @@
 #define VMM_CMD_SERIAL_ATTACH "serial-attach" /* {"input"?,"output"?,"socket"?}, fds [in?, out?] or [socket] -> {} */
 
 /* VM drives (docs/drives.md) */
-#define VMM_CMD_DRIVE_ADD "drive-add"         /* vmmd -> blockd: {"id","files":[..],...}, fds [socket, images.., overlay?] -> {"size",..} */
+#define VMM_CMD_DRIVE_ADD "drive-add"         /* vmmd -> blockd: {"id","files":[..],"guest-memory"?,...}, fds [socket, images.., overlay?, guest RAM?] -> {"size",..} */
 #define VMM_CMD_DRIVE_ATTACH "drive-attach"   /* vmmd -> vcpu-worker: {"id","serial"?,...}, fds [socket] -> {"size","read-only"} */
 #define VMM_CMD_DRIVE_RECONNECT "drive-reconnect" /* vmmd -> vcpu-worker: {"id"}, fds [socket] -> {} */
 #define VMM_CMD_RNG_ATTACH "rng-attach"       /* vmmd -> vcpu-worker: {"id"}, fds [entropy source] -> {} */
 #define VMM_EVENT_DRIVE_IO_ERROR "drive-io-error" /* vcpu-worker -> vmmd: {"id","operation","action","errno","reason"} */
 
 /* VM 9p exports (docs/fsdev.md) */
-#define VMM_CMD_FSDEV_ADD "fsdev-add"         /* vmmd -> fsd: {"id","path"?,"tag"?,"security-model"?,...}, fds [socket, export dir?] -> {"security-model","connections"} */
-#define VMM_CMD_FSDEV_ATTACH "fsdev-attach"   /* vmmd -> vcpu-worker: {"device","fsdev","mount-tag"}, fds [socket] -> {"msize","version"} */
-#define VMM_CMD_FSDEV_RECONNECT "fsdev-reconnect" /* vmmd -> vcpu-worker: {"device"}, fds [socket] -> {} */
+#define VMM_CMD_FSDEV_ADD "fsdev-add"         /* vmmd -> fsd: {"id","path"?,"tag"?,"security-model"?,"guest-memory"?,...}, fds [socket, export dir?, guest RAM?] -> {"security-model","connections","guest-memory"} */
+#define VMM_CMD_FSDEV_ATTACH "fsdev-attach"   /* vmmd -> vcpu-worker: {"device","fsdev","mount-tag","guest-memory"?}, fds [socket] -> {"msize","version"} */
+#define VMM_CMD_FSDEV_RECONNECT "fsdev-reconnect" /* vmmd -> vcpu-worker: {"device","guest-memory"?}, fds [socket] -> {} */
 #define VMM_EVENT_FSDEV_DISCONNECTED "fsdev-disconnected" /* vcpu-worker -> vmmd: {"device","fsdev","reason","failed"} */
 
 /* Events */

@@ -16,6 +16,7 @@ typedef struct {
     VmmFsdevs *owner;
     char *device, *fsdev, *tag;
     int fd;                    /* the socket, until the device takes it */
+    bool server_ram;           /* fsd maps the guest's RAM for this socket */
     VmmGuestMem mem;
     VmmVirtio9p *dev;
     VmmVirtioSlot *slot;
@@ -163,13 +164,14 @@ JsonObject *vmm_fsdevs_attach(VmmFsdevs *s, JsonObject *args, int fd, GError **e
     f->fsdev = g_strdup(json_object_get_string_member_with_default(args, "fsdev", device));
     f->tag = g_strdup(tag);
     f->fd = fd;
+    f->server_ram = json_object_get_boolean_member_with_default(args, "guest-memory", FALSE);
     g_ptr_array_add(s->fsdevs, f);
     vmm_info("virtio-9p '%s': attached (fsdev '%s', mount tag '%s'), the 9P server answered Tversion",
              device, f->fsdev, tag);
     return r;
 }
 
-gboolean vmm_fsdevs_reconnect(VmmFsdevs *s, const char *device, int fd, GError **error)
+gboolean vmm_fsdevs_reconnect(VmmFsdevs *s, const char *device, int fd, bool server_ram, GError **error)
 {
     Fsdev *f = find(s, device);
     if (!f) {
@@ -182,8 +184,9 @@ gboolean vmm_fsdevs_reconnect(VmmFsdevs *s, const char *device, int fd, GError *
         close(fd);
         return FALSE;
     }
+    f->server_ram = server_ram;
     if (f->dev) {
-        vmm_virtio_9p_connect(f->dev, fd);
+        vmm_virtio_9p_connect(f->dev, fd, server_ram);
     } else {
         if (f->fd >= 0)
             close(f->fd);
@@ -234,9 +237,12 @@ gboolean vmm_fsdevs_plug(VmmFsdevs *s, VmmVm *vm, guint first, GError **error)
             f->dev = vmm_virtio_9p_new(f->device, f->tag, &f->mem);
             vmm_virtio_9p_set_lost_hook(f->dev, on_lost, f);
             if (f->fd >= 0)
-                vmm_virtio_9p_connect(f->dev, f->fd);
+                vmm_virtio_9p_connect(f->dev, f->fd, f->server_ram);
             f->fd = -1;
         }
+        vmm_virtio_9p_set_guest_memory(f->dev, vm->ram_private ? NULL : vm->ram, vm->ram_size);
+        vmm_debug("virtio-9p '%s': data %s", f->device,
+                  f->server_ram && !vm->ram_private ? "through guest memory" : "through the socket");
         g_autofree char *name = g_strdup_printf("virtio-9p '%s'", f->device);
         VmmVirtioSlotConfig cfg = { .name = name, .slot = first + i,
                                     .transport = vmm_virtio_9p_transport(f->dev),
@@ -300,7 +306,8 @@ void vmm_fsdevs_command(VmmFsdevs **fsdevs, VmmHelper *h, VmmChannelRequest *req
     JsonObject *r = NULL;
     if (g_str_equal(cmd, VMM_CMD_FSDEV_RECONNECT)) {
         const char *device = json_object_get_string_member_with_default(args, "device", NULL);
-        if (vmm_fsdevs_reconnect(*fsdevs, device, fd, &err))
+        if (vmm_fsdevs_reconnect(*fsdevs, device, fd,
+                                 json_object_get_boolean_member_with_default(args, "guest-memory", FALSE), &err))
             r = json_object_new();
     } else {
         r = vmm_fsdevs_attach(*fsdevs, args, fd, &err);

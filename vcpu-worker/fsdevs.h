@@ -26,7 +26,7 @@ void vmm_fsdevs_free(VmmFsdevs *f);
 /* args {"device", "fsdev"?, "mount-tag"}; FD: a socket to fsd (taken, also
  * on failure). Returns {"msize", "version"} from the probe. */
 JsonObject *vmm_fsdevs_attach(VmmFsdevs *f, JsonObject *args, int fd, GError **error);
-gboolean vmm_fsdevs_reconnect(VmmFsdevs *f, const char *device, int fd, GError **error);
+gboolean vmm_fsdevs_reconnect(VmmFsdevs *f, const char *device, int fd, bool server_ram, GError **error);
 guint vmm_fsdevs_count(VmmFsdevs *f);
 /* The windows of slots FIRST, FIRST + 1, ... for the ACPI tables; at most MAX. */
 guint vmm_fsdevs_slots(VmmFsdevs *f, guint first, VmmVirtioMmioSlot *slots, guint max);

@@ -43,6 +43,8 @@ typedef struct {
     guint64 seq;              /* submission order */
     bool flush_has_target;
     guint16 flush_target;     /* Tflush: the wire tag it cancels */
+    bool in_guest;            /* sent as Tread.vmm/Twrite.vmm: fsd moves the data itself */
+    guint32 read_room;        /* Tread.vmm: the bytes its list offers */
 } Req;
 
 /* One message to send, prepared under the lock and sent outside it. */
@@ -53,6 +55,7 @@ typedef struct {
     unsigned hdr_len;
     struct iovec *iov;        /* [0] the header, then the body in guest RAM */
     unsigned niov;
+    guint8 *buf;              /* a Tread.vmm/Twrite.vmm message, made here */
 } Send;
 
 struct VmmVirtio9p {
@@ -79,6 +82,11 @@ struct VmmVirtio9p {
     Req *receiving;           /* the reader writes into its buffers */
     guint16 next_tag;
     guint64 next_seq;
+
+    guint8 *ram;              /* guest RAM here (lock), for Tread.vmm/Twrite.vmm */
+    guint64 ram_size;
+    bool server_ram;          /* the current connection's fsd maps it too */
+    guint64 sent_in_guest;    /* Tread.vmm/Twrite.vmm sent (lock) */
 };
 
 static void put_le16(guint8 *b, guint16 v) { v = GUINT16_TO_LE(v); memcpy(b, &v, 2); }
@@ -170,6 +178,7 @@ static void connection_lost(VmmVirtio9p *p, guint gen, const char *reason)
     }
     p->connected = false;
     unsigned failed = fail_all_locked(p, &notify);
+    g_cond_broadcast(&p->idle);   /* a reset waiting for reads in guest memory */
     p->stale = p->had_session;
     int fd = p->fd;
     VmmVirtio9pLostFn lost = p->quiet ? NULL : p->lost;
@@ -198,6 +207,7 @@ static gboolean send_all(int fd, struct iovec *iov, unsigned niov, int *err)
 
 static void send_free(Send *s)
 {
+    g_free(s->buf);
     g_free(s->iov);
     g_free(s);
 }
@@ -296,6 +306,119 @@ static Send *prepare_send(VmmVirtio9p *p, const Req *r, VmmVqElem *elem, guint32
     return s;
 }
 
+/* ---- Data through guest memory (Tread.vmm, Twrite.vmm; proto/9p.h) ---------------------- */
+
+#define RW_BODY 16        /* fid[4] offset[8] count[4] */
+#define RREAD_HDR (P9_HDRSZ + 4)
+
+/* Appends the guest buffers IOV (N) as segments of guest RAM to LIST
+ * (adjacent ones merged); FALSE when one is not in RAM. */
+static bool segments_of(VmmVirtio9p *p, const struct iovec *iov, unsigned n, GByteArray *list)
+{
+    guint64 last_end = G_MAXUINT64;
+    for (unsigned i = 0; i < n; i++) {
+        guint8 *b = iov[i].iov_base;
+        gsize len = iov[i].iov_len;
+        if (b < p->ram || len > p->ram_size || (guint64)(b - p->ram) > p->ram_size - len || len > G_MAXUINT32)
+            return false;
+        guint64 at = (guint64)(b - p->ram);
+        guint8 *prev = list->len ? list->data + list->len - P9_VMM_SEGMENT_SIZE : NULL;
+        if (prev && at == last_end && get_le32(prev + 8) + (guint64)len <= G_MAXUINT32) {
+            put_le32(prev + 8, get_le32(prev + 8) + (guint32)len);
+        } else {
+            guint8 e[P9_VMM_SEGMENT_SIZE];
+            guint64 le = GUINT64_TO_LE(at);
+            memcpy(e, &le, 8);
+            put_le32(e + 8, (guint32)len);
+            g_byte_array_append(list, e, sizeof(e));
+        }
+        last_end = at + len;
+    }
+    return list->len > 0;
+}
+
+/* A Tread or Twrite of the guest's as Tread.vmm/Twrite.vmm, when this
+ * connection's fsd maps guest RAM and the data's buffers are all in it; NULL:
+ * it goes as it is. Called with p->lock held. */
+static Send *prepare_send_in_guest(VmmVirtio9p *p, Req *r, VmmVqElem *elem, guint32 size)
+{
+    if (!p->server_ram || !p->ram || (r->type != P9_TREAD && r->type != P9_TWRITE) ||
+        size < P9_HDRSZ + RW_BODY)
+        return NULL;
+    guint8 body[RW_BODY];
+    vmm_iov_to_buf(elem->out, elem->n_out, P9_HDRSZ, body, sizeof(body));
+    guint32 count = get_le32(body + 12);
+    guint64 data_at, data_len;
+    const struct iovec *bufs;
+    unsigned nbufs;
+    if (r->type == P9_TWRITE) {
+        if (count == 0 || size != P9_HDRSZ + RW_BODY + (guint64)count)
+            return NULL;      /* fsd refuses it as it is */
+        data_at = P9_HDRSZ + RW_BODY, data_len = count, bufs = elem->out, nbufs = elem->n_out;
+    } else {
+        if (size != P9_HDRSZ + RW_BODY || elem->in_bytes <= RREAD_HDR)
+            return NULL;
+        data_at = RREAD_HDR, data_len = MIN((guint64)count, elem->in_bytes - RREAD_HDR);
+        if (data_len == 0)
+            return NULL;
+        bufs = elem->in, nbufs = elem->n_in;
+    }
+    g_autofree struct iovec *piece = g_new(struct iovec, nbufs);
+    unsigned npiece = vmm_iov_slice(bufs, nbufs, data_at, data_len, piece, nbufs);
+    g_autoptr(GByteArray) msg = g_byte_array_sized_new(P9_HDRSZ + RW_BODY + npiece * P9_VMM_SEGMENT_SIZE);
+    g_byte_array_set_size(msg, P9_HDRSZ + RW_BODY);
+    if (!segments_of(p, piece, npiece, msg))
+        return NULL;
+    put_le32(msg->data, msg->len);
+    msg->data[4] = r->type == P9_TREAD ? P9_TREAD_VMM : P9_TWRITE_VMM;
+    put_le16(msg->data + 5, r->wire_tag);
+    memcpy(msg->data + P9_HDRSZ, body, 12);                /* fid, offset */
+    put_le32(msg->data + P9_HDRSZ + 12, msg->len - P9_HDRSZ - RW_BODY);
+    r->in_guest = true;
+    r->read_room = r->type == P9_TREAD ? (guint32)data_len : 0;
+    p->sent_in_guest++;
+    Send *s = g_new0(Send, 1);
+    s->conn_gen = p->conn_gen;
+    s->size = msg->len;
+    s->iov = g_new(struct iovec, 1);
+    s->iov[0] = (struct iovec){ .iov_base = msg->data, .iov_len = msg->len };
+    s->niov = 1;
+    s->buf = g_byte_array_free(g_steal_pointer(&msg), FALSE);
+    return s;
+}
+
+/* A Tread.vmm's reply (its count in C): the guest's Rread header, whose data
+ * fsd put in place. FALSE: fsd claims more than the request offered. */
+static bool finish_read_in_guest(Req *r, guint32 count, guint32 *size)
+{
+    if (count > r->read_room)
+        return false;
+    guint8 hdr[RREAD_HDR];
+    put_le32(hdr, RREAD_HDR + count);
+    hdr[4] = P9_RREAD;
+    put_le16(hdr + 5, r->guest_tag);
+    put_le32(hdr + 7, count);
+    vmm_iov_from_buf(r->elem->in, r->elem->n_in, 0, hdr, sizeof(hdr));
+    *size = RREAD_HDR + count;
+    return true;
+}
+
+/* An Rread.vmm or Rwrite.vmm saying COUNT: the guest gets the Rread or Rwrite
+ * it asked for (*SIZE bytes of it). FALSE: fsd's count is not possible. */
+static bool finish_reply_in_guest(Req *r, guint8 type, guint32 count, guint32 *size)
+{
+    if (type == P9_RREAD_VMM)
+        return finish_read_in_guest(r, count, size);
+    guint8 hdr[RREAD_HDR];
+    put_le32(hdr, RREAD_HDR);
+    hdr[4] = P9_RWRITE;
+    put_le16(hdr + 5, r->guest_tag);
+    put_le32(hdr + 7, count);
+    vmm_iov_from_buf(r->elem->in, r->elem->n_in, 0, hdr, sizeof(hdr));
+    *size = RREAD_HDR;
+    return true;
+}
+
 /* What a T-message gets without the server: an error or an Rflush. Returns
  * -1 when it goes to the server. Called with p->lock held. */
 static int local_answer_locked(VmmVirtio9p *p, guint8 type, guint32 size, VmmVqElem *elem, Req **target)
@@ -374,7 +497,8 @@ static gboolean take_request_locked(VmmVirtio9p *p, GPtrArray *sends, bool *noti
         p->had_session = true;
         p->stale = false;
     }
-    g_ptr_array_add(sends, prepare_send(p, r, elem, size));
+    Send *in_guest = prepare_send_in_guest(p, r, elem, size);
+    g_ptr_array_add(sends, in_guest ? in_guest : prepare_send(p, r, elem, size));
     r->elem = elem;
     g_hash_table_insert(p->pending, GUINT_TO_POINTER(r->wire_tag), r);
     return TRUE;
@@ -540,12 +664,24 @@ static gboolean reader_step(VmmVirtio9p *p, int fd, guint gen, char **why)
     Req *r = gen == p->conn_gen ? g_hash_table_lookup(p->pending, GUINT_TO_POINTER(wire_tag)) : NULL;
     if (r)
         g_hash_table_steal(p->pending, GUINT_TO_POINTER(wire_tag));
-    gboolean fits = r && r->elem && size <= r->elem->in_bytes;
+    /* Rread.vmm/Rwrite.vmm answer only what went as Tread.vmm/Twrite.vmm. */
+    bool vmm_reply = type == P9_RREAD_VMM || type == P9_RWRITE_VMM;
+    gboolean fits = r && r->elem && size <= r->elem->in_bytes &&
+                    (!vmm_reply || (r->in_guest && size == RREAD_HDR && r->elem->in_bytes >= RREAD_HDR));
     if (fits)
         p->receiving = r;
     g_mutex_unlock(&p->lock);
 
-    gboolean ok = fits ? receive_into(p, fd, r, hdr, size, &err) : discard(fd, size - P9_HDRSZ, &err);
+    gboolean ok;
+    bool bad = false;
+    guint32 used = size;
+    if (fits && vmm_reply) {
+        guint8 count[4];
+        ok = read_full(fd, count, sizeof(count), &err);
+        bad = ok && !finish_reply_in_guest(r, type, get_le32(count), &used);
+    } else {
+        ok = fits ? receive_into(p, fd, r, hdr, size, &err) : discard(fd, size - P9_HDRSZ, &err);
+    }
     if (!r)
         vmm_debug("virtio-9p '%s': reply type %u for tag %u that nothing waits for", p->id, type, wire_tag);
 
@@ -555,11 +691,11 @@ static gboolean reader_step(VmmVirtio9p *p, int fd, guint gen, char **why)
     bool notify = false;
     if (r) {
         /* A reply bigger than the guest's buffers (msize not respected) is an I/O error. */
-        int fail = !ok ? EIO : r->elem && !fits ? EIO : 0;
-        if (fits && ok && r->elem) {
+        int fail = !ok || bad ? EIO : r->elem && !fits ? EIO : 0;
+        if (fits && ok && !bad && r->elem) {
             VmmVirtqueue *vq = queue(p);
             if (vq->ready) {
-                vmm_vq_push(vq, r->elem, size);
+                vmm_vq_push(vq, r->elem, used);
                 notify = vmm_vq_should_notify(vq);
             }
             g_free(r->elem);
@@ -615,12 +751,21 @@ static void end_connection(VmmVirtio9p *p, bool hook)
     g_mutex_unlock(&p->send_lock);
 }
 
-void vmm_virtio_9p_connect(VmmVirtio9p *p, int fd)
+void vmm_virtio_9p_set_guest_memory(VmmVirtio9p *p, guint8 *base, guint64 size)
+{
+    g_mutex_lock(&p->lock);
+    p->ram = base;
+    p->ram_size = base ? size : 0;
+    g_mutex_unlock(&p->lock);
+}
+
+void vmm_virtio_9p_connect(VmmVirtio9p *p, int fd, bool server_ram)
 {
     end_connection(p, false);
     g_mutex_lock(&p->send_lock);
     g_mutex_lock(&p->lock);
     p->fd = fd;
+    p->server_ram = server_ram;
     p->conn_gen++;
     p->connected = true;
     p->stale = p->had_session;
@@ -635,6 +780,14 @@ void vmm_virtio_9p_connect(VmmVirtio9p *p, int fd)
 void vmm_virtio_9p_disconnect(VmmVirtio9p *p)
 {
     end_connection(p, true);
+}
+
+guint64 vmm_virtio_9p_sent_in_guest(VmmVirtio9p *p)
+{
+    g_mutex_lock(&p->lock);
+    guint64 n = p->sent_in_guest;
+    g_mutex_unlock(&p->lock);
+    return n;
 }
 
 bool vmm_virtio_9p_connected(VmmVirtio9p *p)
@@ -669,11 +822,39 @@ static void p9_get_config(void *dev, uint8_t *cfg)
 }
 
 /* Called with p->lock held, by the transport. */
+/* Tread.vmm requests in flight: fsd may still write into their buffers. */
+static bool reads_in_guest_locked(VmmVirtio9p *p)
+{
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, p->pending);
+    while (g_hash_table_iter_next(&it, NULL, &v)) {
+        if (((Req *)v)->in_guest && ((Req *)v)->read_room)
+            return true;
+    }
+    return false;
+}
+
+#define RESET_WAIT_US (10 * G_USEC_PER_SEC)
+
 static void p9_reset(void *dev)
 {
     VmmVirtio9p *p = dev;
     while (p->receiving)
         g_cond_wait(&p->idle, &p->lock);
+    /* A reset driver may reuse the buffers at once: reads that fsd puts
+     * straight into guest RAM finish first, as QEMU drains its requests.
+     * Bounded: an fsd that does not answer loses its connection. */
+    gint64 deadline = g_get_monotonic_time() + RESET_WAIT_US;
+    while (reads_in_guest_locked(p) && p->connected) {
+        if (!g_cond_wait_until(&p->idle, &p->lock, deadline)) {
+            vmm_warn("virtio-9p '%s': reset: fsd did not finish its reads into guest memory in %d s; "
+                     "disconnecting", p->id, (int)(RESET_WAIT_US / G_USEC_PER_SEC));
+            if (p->fd >= 0)
+                shutdown(p->fd, SHUT_RDWR);
+            break;
+        }
+    }
     /* The driver forgot its requests; their wire tags stay taken until the
      * server's replies come and are thrown away. */
     GHashTableIter it;

@@ -43,8 +43,15 @@ VmmVirtioMmio *vmm_virtio_9p_transport(VmmVirtio9p *p);
 void vmm_virtio_9p_set_lost_hook(VmmVirtio9p *p, VmmVirtio9pLostFn fn, void *opaque);
 
 /* Takes FD (a connected stream socket to the server), replacing the current
- * connection if any (its requests fail with EIO, without the lost hook). */
-void vmm_virtio_9p_connect(VmmVirtio9p *p, int fd);
+ * connection if any (its requests fail with EIO, without the lost hook).
+ * SERVER_RAM: the server (fsd, given the guest's RAM by vmmd) takes Tread and
+ * Twrite data through guest memory (Tread.vmm/Twrite.vmm, proto/9p.h). */
+void vmm_virtio_9p_connect(VmmVirtio9p *p, int fd, bool server_ram);
+/* Guest RAM as mapped here (BASE, SIZE bytes of the memfd fsd maps too); set
+ * again after a machine reset maps it anew, NULL: none. */
+void vmm_virtio_9p_set_guest_memory(VmmVirtio9p *p, guint8 *base, guint64 size);
+/* How many Treads and Twrites went as Tread.vmm/Twrite.vmm so far. */
+guint64 vmm_virtio_9p_sent_in_guest(VmmVirtio9p *p);
 /* Ends the current connection as if the server had gone. */
 void vmm_virtio_9p_disconnect(VmmVirtio9p *p);
 bool vmm_virtio_9p_connected(VmmVirtio9p *p);

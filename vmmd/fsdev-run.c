@@ -1,6 +1,7 @@
 /* The VM's 9p exports at run time: see fsdev-run.h. */
 #include "vmmd/fsdev-run.h"
 #include "vmmd/fsdev.h"
+#include "vmmd/memory-backend.h"
 #include "vmmd/vm-options.h"
 #include "vmmd/vm.h"
 #include "common/error.h"
@@ -27,6 +28,7 @@ typedef struct {
     gboolean attached;       /* vcpu-worker's probe got an Rversion */
     gboolean ever_attached;  /* failures after this do not stop vmmd */
     gboolean worker_has_it;  /* the current vcpu-worker attached it: new ends are reconnects */
+    gboolean guest_memory;   /* fsd maps the guest's RAM for this connection (Tread.vmm/Twrite.vmm) */
 } FsRt;
 
 struct FsdevRuntime {
@@ -140,6 +142,7 @@ static void give_to_worker(FsRt *r)
         json_object_set_string_member(args, "fsdev", r->fsdev->id);
         json_object_set_string_member(args, "mount-tag", r->dev->mount_tag);
     }
+    json_object_set_boolean_member(args, "guest-memory", r->guest_memory);
     r->attached = FALSE;
     if (!vmm_channel_call(vmm_helper_proc_channel(hp), reconnect ? VMM_CMD_FSDEV_RECONNECT : VMM_CMD_FSDEV_ATTACH,
                           args, &r->client_fd, 1, on_attached, r, &err)) {
@@ -219,6 +222,7 @@ static void on_fsdev_added(VmmChannel *ch, JsonObject *result, const GError *err
         return;
     }
     r->served = TRUE;
+    r->guest_memory = json_object_get_boolean_member_with_default(result, "guest-memory", FALSE);
     give_to_worker(r);
 }
 
@@ -267,8 +271,17 @@ static void add_to_fsd(FsRt *r, VmmHelperProc *fsd)
         close(r->client_fd);
     r->client_fd = sv[0];
     r->served = FALSE;
-    int fds[2] = { sv[1], dirfd };
-    if (!vmm_channel_call(vmm_helper_proc_channel(fsd), VMM_CMD_FSDEV_ADD, fsdev_add_args(r), fds, 2,
+    r->guest_memory = FALSE;
+    int fds[3] = { sv[1], dirfd, -1 };
+    guint nfds = 2;
+    JsonObject *args = fsdev_add_args(r);
+    /* The guest's RAM where fsd would see what vcpu-worker sees (docs/fsd.md). */
+    const VmmGuestRam *ram = r->rt->d->guest_ram;
+    if (ram && ram->fd >= 0 && ram->share) {
+        fds[nfds++] = ram->fd;
+        json_object_set_int_member(args, "guest-memory", (gint64)ram->size);
+    }
+    if (!vmm_channel_call(vmm_helper_proc_channel(fsd), VMM_CMD_FSDEV_ADD, args, fds, nfds,
                           on_fsdev_added, r, &err))
         device_failed(r, err->message);
     /* The channel sent duplicates: fsd holds the export from now on. */

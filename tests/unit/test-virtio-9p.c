@@ -46,7 +46,7 @@ static int connect_new(Fixture *f)
 {
     int sv[2];
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-    vmm_virtio_9p_connect(f->p, sv[0]);
+    vmm_virtio_9p_connect(f->p, sv[0], false);
     return sv[1];
 }
 
@@ -635,7 +635,9 @@ static void big_write_read(Fixture *f)
     g_assert_cmpmem(r + P9_HDRSZ + 4, BIG, w + 16, BIG);
 }
 
-static void real_fsd(gboolean spliced)
+/* SPLICED: fsd and the device splice large data (VMM_SPLICE=1); GUEST: fsd
+ * maps the test's "guest RAM" and reads and writes go as Tread.vmm/Twrite.vmm. */
+static void real_fsd(gboolean spliced, gboolean guest)
 {
     vmm_splice_force(spliced);
     g_autofree char *dir = g_dir_make_tmp("test-virtio-9p-XXXXXX", NULL);
@@ -664,9 +666,14 @@ static void real_fsd(gboolean spliced)
     td_bring_up(&f.td, FEATURES, 1, 64);
     int sv[2];
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-    g_assert_true(fsd_server_serve_fd(s.server, sv[1], &err));
+    if (guest) {
+        g_assert_true(fsd_server_serve_fd_guest(s.server, sv[1], f.td.ram, TD_RAM_SIZE, &err));
+        vmm_virtio_9p_set_guest_memory(f.p, f.td.ram, TD_RAM_SIZE);
+    } else {
+        g_assert_true(fsd_server_serve_fd(s.server, sv[1], &err));
+    }
     s.thread = g_thread_new("fsd", run_loop, &s);
-    vmm_virtio_9p_connect(f.p, sv[0]);
+    vmm_virtio_9p_connect(f.p, sv[0], guest);
     f.srv = -1;
 
     guint8 b[256];
@@ -714,6 +721,9 @@ static void real_fsd(gboolean spliced)
 
     big_write_read(&f);
     g_autofree char *big = g_build_filename(dir, "big", NULL);
+    /* The small read, the big write and the big read went through guest
+     * memory (or none did). */
+    g_assert_cmpuint(vmm_virtio_9p_sent_in_guest(f.p), ==, guest ? 3 : 0);
 
     vmm_virtio_9p_free(f.p);
     uv_async_send(&s.stop);
@@ -729,12 +739,17 @@ static void real_fsd(gboolean spliced)
 
 static void test_real_fsd(void)
 {
-    real_fsd(FALSE);
+    real_fsd(FALSE, FALSE);
 }
 
 static void test_real_fsd_spliced(void)
 {
-    real_fsd(TRUE);
+    real_fsd(TRUE, FALSE);
+}
+
+static void test_real_fsd_guest_memory(void)
+{
+    real_fsd(FALSE, TRUE);
 }
 
 int main(int argc, char **argv)
@@ -753,5 +768,6 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio-9p/probe", test_probe);
     g_test_add_func("/virtio-9p/real-fsd", test_real_fsd);
     g_test_add_func("/virtio-9p/real-fsd-spliced", test_real_fsd_spliced);
+    g_test_add_func("/virtio-9p/real-fsd-guest-memory", test_real_fsd_guest_memory);
     return g_test_run();
 }

@@ -3,7 +3,9 @@
  * first bytes choose, the loop runs between pieces, so messages arrive
  * whole, split in any place (the path that reads a message's rest straight
  * into its own buffer), oversized (skipped) or cut off by the end of the
- * stream. Nothing may crash, leak or hang; replies are read and dropped. */
+ * stream. The connection has 64 KiB of "guest RAM" (Tread.vmm/Twrite.vmm of
+ * proto/9p.h, as a VM's connection). Nothing may crash, leak or hang;
+ * replies are read and dropped. */
 #include "fsd/9p-transport.h"
 #include "fsd/fsd.h"
 
@@ -64,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         abort();
-    if (!fsd_server_serve_fd(s, sv[1], NULL))
+    static guint8 guest_ram[64 * 1024];
+    if (!fsd_server_serve_fd_guest(s, sv[1], guest_ram, sizeof(guest_ram), NULL))
         abort();
     /* Piece sizes: 1..64 bytes, or everything left, from the first byte on. */
     guint8 shape = data[0];

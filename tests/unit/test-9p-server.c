@@ -314,6 +314,93 @@ static void test_read_spliced(void)
     read_file_checked(TRUE);
 }
 
+/* ---- Tread.vmm / Twrite.vmm (proto/9p.h) ---- */
+
+#define RAM (256 * 1024)
+
+/* A segment list of (offset, length) pairs, as vcpu-worker sends it. */
+static GByteArray *segments(const guint64 *pairs, guint n)
+{
+    GByteArray *b = g_byte_array_new();
+    for (guint i = 0; i < n; i++) {
+        guint8 e[P9_VMM_SEGMENT_SIZE];
+        guint64 at = GUINT64_TO_LE(pairs[2 * i]);
+        guint32 len = GUINT32_TO_LE((guint32)pairs[2 * i + 1]);
+        memcpy(e, &at, 8);
+        memcpy(e + 8, &len, 4);
+        g_byte_array_append(b, e, sizeof(e));
+    }
+    return b;
+}
+
+static int vmm_io(Fixture *f, guint8 type, guint32 fid, guint64 offset, const guint64 *pairs, guint n,
+                  guint32 *count)
+{
+    g_autoptr(GByteArray) list = segments(pairs, n);
+    P9Fcall m = { .type = type, .tag = 9, .fid = fid, .offset = offset, .count = list->len, .data = list->data };
+    P9Fcall r;
+    int rc = call(f, &m, &r);
+    if (!rc)
+        *count = r.count;
+    p9_fcall_clear(&r);
+    return rc;
+}
+
+static void test_guest_memory(void)
+{
+    Fixture f;
+    fixture_setup(&f, "passthrough");
+    g_autofree guint8 *ram = g_malloc0(RAM);
+    start(&f);
+    P9Fcall r;
+    P9Fcall w = { .type = P9_TWALK, .tag = 2, .fid = 0, .fid2 = 1, .nwname = 0 };
+    g_assert_cmpint(call(&f, &w, &r), ==, 0);
+    p9_fcall_clear(&r);
+    P9Fcall cr = { .type = P9_TLCREATE, .tag = 3, .fid = 1, .name = (char *)"f", .flags = 2, .mode = 0644 };
+    g_assert_cmpint(call(&f, &cr, &r), ==, 0);
+    p9_fcall_clear(&r);
+    guint32 n = 0;
+    const guint64 two[] = { 8192, 4096, 0, 100 };
+    /* Without guest RAM (any connection but a VM's own) the types are unknown. */
+    g_assert_cmpint(vmm_io(&f, P9_TWRITE_VMM, 1, 0, two, 2, &n), ==, EOPNOTSUPP);
+
+    fsd_conn_set_guest_memory(f.c, ram, RAM);
+    for (guint i = 0; i < RAM; i++)
+        ram[i] = (guint8)(i * 7 + i / 4096);
+    g_assert_cmpint(vmm_io(&f, P9_TWRITE_VMM, 1, 10, two, 2, &n), ==, 0);
+    g_assert_cmpuint(n, ==, 4196);
+    g_autofree char *path = g_build_filename(f.dir, "f", NULL);
+    g_autofree gchar *got = NULL;
+    gsize len = 0;
+    g_assert_true(g_file_get_contents(path, &got, &len, NULL));
+    g_assert_cmpuint(len, ==, 10 + 4196);
+    g_assert_cmpmem(got + 10, 4096, ram + 8192, 4096);
+    g_assert_cmpmem(got + 10 + 4096, 100, ram, 100);
+
+    /* A read lands in its pieces, up to the end of the file. */
+    const guint64 dest[] = { 100000, 3000, 50000, 5000 };
+    g_assert_cmpint(vmm_io(&f, P9_TREAD_VMM, 1, 10, dest, 2, &n), ==, 0);
+    g_assert_cmpuint(n, ==, 4196);
+    g_assert_cmpmem(ram + 100000, 3000, got + 10, 3000);
+    g_assert_cmpmem(ram + 50000, 1196, got + 10 + 3000, 1196);
+
+    /* Lists that leave RAM, are empty, or are not whole entries. */
+    const guint64 outside[] = { RAM - 10, 20 };
+    const guint64 wrap[] = { G_MAXUINT64 - 5, 10 };
+    const guint64 zero[] = { 0, 0 };
+    g_assert_cmpint(vmm_io(&f, P9_TWRITE_VMM, 1, 0, outside, 1, &n), ==, EINVAL);
+    g_assert_cmpint(vmm_io(&f, P9_TREAD_VMM, 1, 0, wrap, 1, &n), ==, EINVAL);
+    g_assert_cmpint(vmm_io(&f, P9_TWRITE_VMM, 1, 0, zero, 1, &n), ==, EINVAL);
+    g_assert_cmpint(vmm_io(&f, P9_TWRITE_VMM, 1, 0, NULL, 0, &n), ==, EINVAL);
+    P9Fcall odd = { .type = P9_TWRITE_VMM, .tag = 9, .fid = 1, .count = 5, .data = (const guint8 *)"12345" };
+    g_assert_cmpint(call(&f, &odd, &r), ==, EINVAL);
+    p9_fcall_clear(&r);
+    /* A fid that is not open, and a directory. */
+    g_assert_cmpint(vmm_io(&f, P9_TREAD_VMM, 7, 0, dest, 1, &n), ==, EBADF);
+    g_assert_cmpint(vmm_io(&f, P9_TREAD_VMM, 0, 0, dest, 1, &n), ==, EBADF);
+    fixture_teardown(&f);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -321,6 +408,7 @@ int main(int argc, char **argv)
     g_test_add_func("/9p-server/many-in-flight", test_many_in_flight);
     g_test_add_func("/9p-server/read", test_read);
     g_test_add_func("/9p-server/read-spliced", test_read_spliced);
+    g_test_add_func("/9p-server/guest-memory", test_guest_memory);
     g_test_add_func("/9p-server/garbage", test_garbage_answered);
     g_test_add_func("/9p-server/throttle-config", test_throttle_config);
     g_test_add_func("/9p-server/throttle-iops", test_throttle_iops);

@@ -207,7 +207,7 @@ static gboolean plug_one(Disk *k, VmmVm *vm, guint slot, GError **error)
     vmm_virtio_slot_guest_mem(vm, &k->mem);
     if (k->nbd && !vm->ram_private)
         vmm_blk_nbd_set_guest_memory(k->nbd, vm->ram, vm->ram_size);
-    vmm_debug("drive '%s': data %s", k->id,
+    vmm_info("drive '%s': data %s", k->id,
               k->nbd && vmm_blk_nbd_guest_memory(k->nbd) ? "through guest memory" : "through the socket");
     if (k->blk)
         return plug_slot(k, vm, error);

@@ -241,7 +241,7 @@ gboolean vmm_fsdevs_plug(VmmFsdevs *s, VmmVm *vm, guint first, GError **error)
             f->fd = -1;
         }
         vmm_virtio_9p_set_guest_memory(f->dev, vm->ram_private ? NULL : vm->ram, vm->ram_size);
-        vmm_debug("virtio-9p '%s': data %s", f->device,
+        vmm_info("virtio-9p '%s': data %s", f->device,
                   f->server_ram && !vm->ram_private ? "through guest memory" : "through the socket");
         g_autofree char *name = g_strdup_printf("virtio-9p '%s'", f->device);
         VmmVirtioSlotConfig cfg = { .name = name, .slot = first + i,

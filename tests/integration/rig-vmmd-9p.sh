@@ -95,6 +95,10 @@ run_guest() { # LABEL SHARE-OPTIONS...
     fail "$label: the guest triple-faulted (its kernel's last words above, if any)"
   fi
   grep -aq "^GUEST-9P-MOUNT-FAILED" "$T/console" && fail "$label: the guest could not mount the share"
+  # fsd started by vmmd gets the guest's RAM; an outside fsd (socket=) does not.
+  local via="guest memory"
+  [ "$label" = socket ] && via="the socket"
+  grep -aq "virtio-9p '[^']*': data through $via" "$T/out" || fail "$label: 9P data did not go through $via"
   [ "$(guest GUEST-HOSTFILE-MD5)" = "$HOST_MD5" ] || fail "$label: the guest read the host's file as '$(guest GUEST-HOSTFILE-MD5)'"
   return 0
 }

@@ -104,6 +104,8 @@ boot() { # LABEL VDA_FORMAT VDA_FILE [EXTRA...]
   [ "$(guest GUEST-VDA-MD5)" = "$PATTERN_MD5" ] || fail "$label: the guest read back $(guest GUEST-VDA-MD5)"
   [ "$(guest GUEST-RNG)" = "virtio_rng.0 4096" ] || fail "$label: /dev/hwrng: '$(guest GUEST-RNG)'"
   grep -q "deprecated" "$T/out" || fail "$label: no deprecation warning for -drive serial="
+  grep -aq "drive 'd0': data through guest memory" "$T/out" ||
+    fail "$label: drive d0's data did not go through guest memory (docs/drives.md)"
   echo "$label: the guest read the host's pattern, wrote it to vda, saw serials, read-only and hwrng"
 }
 

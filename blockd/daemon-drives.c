@@ -19,6 +19,7 @@
 #include "blockd/daemon.h"
 #include "blockd/preopen.h"
 #include "common/error.h"
+#include "common/guest-ram.h"
 #include "common/log.h"
 #include "proto/control.h"
 
@@ -118,8 +119,7 @@ static const NbdGuestMemory *map_guest_memory(int fd, guint64 size)
         close(fd);
         return guest_memory.size == size ? &guest_memory : NULL;
     }
-    void *p = size && size <= G_MAXSIZE ? mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                                        : MAP_FAILED;
+    void *p = vmm_guest_ram_map(fd, size, MAP_SHARED);
     int err = errno;
     close(fd);
     if (p == MAP_FAILED) {

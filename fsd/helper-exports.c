@@ -3,6 +3,7 @@
 #include "fsd/fsd-internal.h"
 #include "fsd/9p-transport.h"
 #include "common/error.h"
+#include "common/guest-ram.h"
 #include "common/log.h"
 #include "proto/control.h"
 
@@ -32,8 +33,7 @@ static gboolean map_guest_ram(int fd, guint64 size)
         close(fd);
         return size == guest_ram_size;
     }
-    void *p = size && size <= G_MAXSIZE ? mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                                        : MAP_FAILED;
+    void *p = vmm_guest_ram_map(fd, size, MAP_SHARED);
     int err = errno;
     close(fd);
     if (p == MAP_FAILED) {

@@ -3,6 +3,7 @@
  * x86/cpuid.c) and the KVM API document. */
 #include "vcpu-worker/vm.h"
 #include "common/error.h"
+#include "common/guest-ram.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -98,33 +99,6 @@ void vmm_vm_unmap_slot(VmmVm *vm, guint32 slot, guint64 gpa)
         vmm_warn("%s", err->message);
 }
 
-/* FD's first SIZE bytes at an address aligned to 2 MiB, so that the guest's
- * 2 MiB-aligned ranges can be huge pages on both sides (a transparent huge
- * page needs its virtual range aligned; KVM maps a huge page into the guest
- * only where guest-physical and host-virtual addresses agree modulo 2 MiB).
- * Under nested virtualisation every guest page first touched costs a nested
- * page fault: 4 KiB pages made Linux's boot ~0.7 s slower in the rig. */
-static void *map_huge_aligned(int fd, guint64 size, int flags)
-{
-    const guint64 huge = 2 * 1024 * 1024;
-    guint8 *area = mmap(NULL, size + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (area == MAP_FAILED)
-        return MAP_FAILED;
-    guint8 *start = (guint8 *)(((guintptr)area + huge - 1) & ~(guintptr)(huge - 1));
-    void *p = mmap(start, size, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, 0);
-    if (p == MAP_FAILED) {
-        int saved = errno;
-        munmap(area, size + huge);
-        errno = saved;
-        return MAP_FAILED;
-    }
-    /* What is left of the reservation on either side; the tail is never empty. */
-    if (start > area)
-        munmap(area, (size_t)(start - area));
-    munmap(start + size, (size_t)(area + huge - start));
-    return p;
-}
-
 gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping *how,
                         GError **error)
 {
@@ -138,15 +112,14 @@ gboolean vmm_vm_map_ram(VmmVm *vm, int fd, guint64 ram_size, const VmmRamMapping
     static const VmmRamMapping defaults = { .dump = FALSE };
     how = how ? how : &defaults;
     int flags = (how->private_copy ? MAP_PRIVATE : MAP_SHARED) | (how->prealloc ? MAP_POPULATE : 0);
-    void *p = map_huge_aligned(fd, ram_size, flags);
+    void *p = vmm_guest_ram_map(fd, ram_size, flags);
     if (p == MAP_FAILED)
         return vmm_set_errno(error, errno, "guest RAM: mmap of %" G_GUINT64_FORMAT " bytes",
                              ram_size);
     /* Advice only: a kernel without KSM refuses MERGEABLE, and the guest runs as well.
-     * HUGEPAGE: a memfd gets transparent huge pages only where the host allows them
-     * for shmem (/sys/kernel/mm/transparent_hugepage/shmem_enabled "advise" or
-     * more; docs/kvm.md); hugetlbfs files have them anyway and refuse the advice. */
-    madvise(p, ram_size, MADV_HUGEPAGE);
+     * Huge pages (vmm_guest_ram_map): a memfd gets them only where the host allows
+     * them for shmem (/sys/kernel/mm/transparent_hugepage/shmem_enabled "advise" or
+     * more; docs/kvm.md). */
     if (!how->dump)
         madvise(p, ram_size, MADV_DONTDUMP);
     if (how->merge)

@@ -1,0 +1,12 @@
+/* Mapping the guest's RAM (the memfd or memory-backend-file vmmd made) in the
+ * processes that touch it: vcpu-worker, and blockd and fsd, which move disk
+ * and 9P data straight between files and guest memory. */
+#pragma once
+#include <glib.h>
+
+/* FD's first SIZE bytes, read-write, with FLAGS (MAP_SHARED or MAP_PRIVATE,
+ * maybe MAP_POPULATE), at an address aligned to 2 MiB and advised
+ * MADV_HUGEPAGE: a transparent huge page of the file is then mapped whole
+ * (one fault and one TLB entry per 2 MiB) wherever the host allows huge pages
+ * for shmem. MAP_FAILED with errno on failure. */
+void *vmm_guest_ram_map(int fd, guint64 size, int flags);

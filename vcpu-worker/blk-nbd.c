@@ -445,11 +445,11 @@ static gsize guest_segments(VmmBlkNbd *c, const NbdReq *r, guint8 *buf)
     guint8 *seg = buf + NBD_VMM_SEGMENT_LIST_HEADER - NBD_VMM_SEGMENT_SIZE;
     guint64 last_end = G_MAXUINT64;
     for (unsigned i = 0; i < r->niov; i++) {
-        guint8 *p = r->iov[i].iov_base;
+        guintptr p = (guintptr)r->iov[i].iov_base, base = (guintptr)c->ram;
         gsize len = r->iov[i].iov_len;
-        if (p < c->ram || len > c->ram_size || (guint64)(p - c->ram) > c->ram_size - len)
+        if (p < base || len > c->ram_size || (guint64)(p - base) > c->ram_size - len)
             return 0;
-        guint64 at = (guint64)(p - c->ram);
+        guint64 at = (guint64)(p - base);
         if (count && at == last_end && get_be32(seg + 8) + (guint64)len <= G_MAXUINT32) {
             put_be32(seg + 8, get_be32(seg + 8) + (guint32)len);
         } else {

@@ -317,11 +317,11 @@ static bool segments_of(VmmVirtio9p *p, const struct iovec *iov, unsigned n, GBy
 {
     guint64 last_end = G_MAXUINT64;
     for (unsigned i = 0; i < n; i++) {
-        guint8 *b = iov[i].iov_base;
+        guintptr b = (guintptr)iov[i].iov_base, base = (guintptr)p->ram;
         gsize len = iov[i].iov_len;
-        if (b < p->ram || len > p->ram_size || (guint64)(b - p->ram) > p->ram_size - len || len > G_MAXUINT32)
+        if (b < base || len > p->ram_size || (guint64)(b - base) > p->ram_size - len || len > G_MAXUINT32)
             return false;
-        guint64 at = (guint64)(b - p->ram);
+        guint64 at = (guint64)(b - base);
         guint8 *prev = list->len ? list->data + list->len - P9_VMM_SEGMENT_SIZE : NULL;
         if (prev && at == last_end && get_le32(prev + 8) + (guint64)len <= G_MAXUINT32) {
             put_le32(prev + 8, get_le32(prev + 8) + (guint32)len);

@@ -532,7 +532,6 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
         send_error(c, r->tag, EINVAL);
     } else if (seg_err) {
         send_error(c, r->tag, seg_err);
-        g_clear_pointer(&r->segs, g_free);
     } else if (r->in.type == P9_TVERSION) {
         handle_version(c, &r->in);
     } else if (r->in.type == P9_TFLUSH) {
@@ -555,6 +554,7 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
             return;
         }
     }
+    g_free(r->segs);
     p9_fcall_clear(&r->in);
     g_free(r->buf);
     g_free(r);

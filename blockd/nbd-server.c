@@ -1085,7 +1085,8 @@ static void send_structured_error(NbdConn *conn, const NbdRequest *req, guint32 
  * other commands always get simple replies (the protocol allows both). */
 static gboolean reply_is_structured(NbdConn *conn, const NbdRequest *req)
 {
-    return conn->structured && !req->segs && (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS);
+    return conn->structured && !(req->flags & NBD_CMD_FLAG_VMM_GUEST_MEMORY) &&
+           (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS);
 }
 
 static void send_error(NbdConn *conn, const NbdRequest *req, guint32 error, const char *msg)
@@ -1458,6 +1459,16 @@ static void do_block_status(NbdConn *conn, NbdRequest *req)
 static void do_guest_memory_io(NbdConn *conn, NbdRequest *req)
 {
     g_autoptr(GError) err = NULL;
+    /* The client is gone (vcpu-worker died): nobody takes the reply, and the
+     * guest's RAM may already belong to a VM started anew. */
+    g_mutex_lock(&conn->lock);
+    gboolean gone = conn->read_done;
+    g_mutex_unlock(&conn->lock);
+    if (gone) {
+        vmm_debug("%s: client gone, guest-memory request at %" G_GUINT64_FORMAT " dropped", conn->label,
+                  req->offset);
+        return;
+    }
     int flags = (req->flags & NBD_CMD_FLAG_FUA) ? VMM_BDRV_REQ_FUA : 0;
     gboolean ok = req->type == NBD_CMD_READ
                       ? vmm_block_preadv(conn->exp->bs, req->offset, req->length, req->segs, req->nsegs, &err)

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 /* A huge page needs its virtual range aligned; KVM maps a huge page into the
  * guest only where guest-physical and host-virtual addresses agree modulo
@@ -12,7 +13,10 @@
 void *vmm_guest_ram_map(int fd, guint64 size, int flags)
 {
     const guint64 huge = 2 * 1024 * 1024;
-    if (size == 0 || size > G_MAXSIZE - huge) {
+    struct stat st;
+    /* A regular file (a memfd too) shorter than SIZE would SIGBUS on access. */
+    if (size == 0 || size > G_MAXSIZE - huge || fstat(fd, &st) < 0 ||
+        (S_ISREG(st.st_mode) && (guint64)st.st_size < size)) {
         errno = EINVAL;
         return MAP_FAILED;
     }

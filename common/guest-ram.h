@@ -8,5 +8,6 @@
  * maybe MAP_POPULATE), at an address aligned to 2 MiB and advised
  * MADV_HUGEPAGE: a transparent huge page of the file is then mapped whole
  * (one fault and one TLB entry per 2 MiB) wherever the host allows huge pages
- * for shmem. MAP_FAILED with errno on failure. */
+ * for shmem. MAP_FAILED with errno on failure (EINVAL for a file shorter than
+ * SIZE). */
 void *vmm_guest_ram_map(int fd, guint64 size, int flags);

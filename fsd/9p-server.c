@@ -209,6 +209,7 @@ static void conn_free(FsdConn *c)
     g_hash_table_destroy(c->fids);
     g_hash_table_destroy(c->pending);
     g_mutex_clear(&c->lock);
+    g_cond_clear(&c->idle);
     g_free(c);
 }
 
@@ -226,6 +227,7 @@ FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user)
     c->send = send;
     c->user = user;
     g_mutex_init(&c->lock);
+    g_cond_init(&c->idle);
     c->fids = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, (GDestroyNotify)fsd_fid_unref);
     c->pending = g_hash_table_new(g_direct_hash, g_direct_equal);
     c->msize = e->cfg.max_msize;
@@ -338,6 +340,8 @@ static void req_finish(Req *r, P9Fcall *reply)
 {
     FsdConn *c = r->conn;
     g_mutex_lock(&c->lock);
+    if (r->started && --c->running == 0)
+        g_cond_broadcast(&c->idle);
     if (g_hash_table_lookup(c->pending, GUINT_TO_POINTER(r->tag)) == r)
         g_hash_table_remove(c->pending, GUINT_TO_POINTER(r->tag));
     gboolean current = r->generation == c->generation;
@@ -408,6 +412,7 @@ static void worker(gpointer data, gpointer user)
     g_mutex_lock(&c->lock);
     gboolean go = !g_atomic_int_get(&r->cancelled) && r->generation == c->generation;
     r->started = go;
+    c->running += go ? 1 : 0;
     g_mutex_unlock(&c->lock);
     if (!go) {
         req_finish(r, NULL);
@@ -441,6 +446,11 @@ static void handle_version(FsdConn *c, const P9Fcall *in)
         g_mutex_unlock(&c->lock);
         return;
     }
+    /* Requests already running finish first: their replies are dropped, but
+     * a Tread.vmm may still be writing into guest RAM, whose buffers the
+     * client takes back when the Rversion comes (QEMU drains likewise). */
+    while (c->running > 0)
+        g_cond_wait(&c->idle, &c->lock);
     /* A new session: what the old one had is gone (9P's version rule). */
     conn_reset_locked(c);
     c->msize = MIN(in->msize, c->e->cfg.max_msize);

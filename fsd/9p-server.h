@@ -53,6 +53,8 @@ struct FsdConn {
     guint32 msize;
     guint generation;       /* a Tversion or close starts a new one */
     gboolean closed;
+    guint running;          /* requests started and not finished (lock) */
+    GCond idle;             /* running fell to 0 */
     guint8 *mem;            /* the guest's RAM (a VM's connection only), set before the first message */
     guint64 mem_size;
 };

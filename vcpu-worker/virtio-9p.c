@@ -44,7 +44,7 @@ typedef struct {
     bool flush_has_target;
     guint16 flush_target;     /* Tflush: the wire tag it cancels */
     bool in_guest;            /* sent as Tread.vmm/Twrite.vmm: fsd moves the data itself */
-    guint32 read_room;        /* Tread.vmm: the bytes its list offers */
+    guint32 data_room;        /* Tread.vmm/Twrite.vmm: the bytes its list offers */
 } Req;
 
 /* One message to send, prepared under the lock and sent outside it. */
@@ -367,7 +367,9 @@ static Send *prepare_send_in_guest(VmmVirtio9p *p, Req *r, VmmVqElem *elem, guin
     unsigned npiece = vmm_iov_slice(bufs, nbufs, data_at, data_len, piece, nbufs);
     g_autoptr(GByteArray) msg = g_byte_array_sized_new(P9_HDRSZ + RW_BODY + npiece * P9_VMM_SEGMENT_SIZE);
     g_byte_array_set_size(msg, P9_HDRSZ + RW_BODY);
-    if (!segments_of(p, piece, npiece, msg))
+    /* A list over the smallest msize a session can have (very fragmented
+     * buffers) might not fit this one's: the message goes as it is. */
+    if (!segments_of(p, piece, npiece, msg) || msg->len > P9_MIN_MSIZE)
         return NULL;
     put_le32(msg->data, msg->len);
     msg->data[4] = r->type == P9_TREAD ? P9_TREAD_VMM : P9_TWRITE_VMM;
@@ -375,7 +377,7 @@ static Send *prepare_send_in_guest(VmmVirtio9p *p, Req *r, VmmVqElem *elem, guin
     memcpy(msg->data + P9_HDRSZ, body, 12);                /* fid, offset */
     put_le32(msg->data + P9_HDRSZ + 12, msg->len - P9_HDRSZ - RW_BODY);
     r->in_guest = true;
-    r->read_room = r->type == P9_TREAD ? (guint32)data_len : 0;
+    r->data_room = (guint32)data_len;
     p->sent_in_guest++;
     Send *s = g_new0(Send, 1);
     s->conn_gen = p->conn_gen;
@@ -391,7 +393,7 @@ static Send *prepare_send_in_guest(VmmVirtio9p *p, Req *r, VmmVqElem *elem, guin
  * fsd put in place. FALSE: fsd claims more than the request offered. */
 static bool finish_read_in_guest(Req *r, guint32 count, guint32 *size)
 {
-    if (count > r->read_room)
+    if (r->type != P9_TREAD || count > r->data_room)
         return false;
     guint8 hdr[RREAD_HDR];
     put_le32(hdr, RREAD_HDR + count);
@@ -409,6 +411,8 @@ static bool finish_reply_in_guest(Req *r, guint8 type, guint32 count, guint32 *s
 {
     if (type == P9_RREAD_VMM)
         return finish_read_in_guest(r, count, size);
+    if (r->type != P9_TWRITE || count > r->data_room)
+        return false;
     guint8 hdr[RREAD_HDR];
     put_le32(hdr, RREAD_HDR);
     hdr[4] = P9_RWRITE;
@@ -821,15 +825,15 @@ static void p9_get_config(void *dev, uint8_t *cfg)
     memcpy(cfg + 2, p->tag, len);
 }
 
-/* Called with p->lock held, by the transport. */
-/* Tread.vmm requests in flight: fsd may still write into their buffers. */
-static bool reads_in_guest_locked(VmmVirtio9p *p)
+/* Tread.vmm/Twrite.vmm requests in flight: fsd may still write into or read
+ * from their buffers. Called with p->lock held. */
+static bool in_guest_pending_locked(VmmVirtio9p *p)
 {
     GHashTableIter it;
     gpointer v;
     g_hash_table_iter_init(&it, p->pending);
     while (g_hash_table_iter_next(&it, NULL, &v)) {
-        if (((Req *)v)->in_guest && ((Req *)v)->read_room)
+        if (((Req *)v)->in_guest)
             return true;
     }
     return false;
@@ -837,24 +841,34 @@ static bool reads_in_guest_locked(VmmVirtio9p *p)
 
 #define RESET_WAIT_US (10 * G_USEC_PER_SEC)
 
-static void p9_reset(void *dev)
+/* Before a reset (no transport lock held, so the reader can complete
+ * requests and raise their interrupts): a reset driver may reuse its
+ * buffers at once, so what fsd reads or writes straight in guest RAM
+ * finishes first, as QEMU drains its requests. Bounded: an fsd that does not
+ * answer loses its connection. */
+static void p9_quiesce(void *dev)
 {
     VmmVirtio9p *p = dev;
-    while (p->receiving)
-        g_cond_wait(&p->idle, &p->lock);
-    /* A reset driver may reuse the buffers at once: reads that fsd puts
-     * straight into guest RAM finish first, as QEMU drains its requests.
-     * Bounded: an fsd that does not answer loses its connection. */
     gint64 deadline = g_get_monotonic_time() + RESET_WAIT_US;
-    while (reads_in_guest_locked(p) && p->connected) {
+    g_mutex_lock(&p->lock);
+    while (in_guest_pending_locked(p) && p->connected) {
         if (!g_cond_wait_until(&p->idle, &p->lock, deadline)) {
-            vmm_warn("virtio-9p '%s': reset: fsd did not finish its reads into guest memory in %d s; "
+            vmm_warn("virtio-9p '%s': reset: fsd did not finish its I/O in guest memory in %d s; "
                      "disconnecting", p->id, (int)(RESET_WAIT_US / G_USEC_PER_SEC));
             if (p->fd >= 0)
                 shutdown(p->fd, SHUT_RDWR);
             break;
         }
     }
+    g_mutex_unlock(&p->lock);
+}
+
+/* Called with p->lock held, by the transport. */
+static void p9_reset(void *dev)
+{
+    VmmVirtio9p *p = dev;
+    while (p->receiving)
+        g_cond_wait(&p->idle, &p->lock);
     /* The driver forgot its requests; their wire tags stay taken until the
      * server's replies come and are thrown away. */
     GHashTableIter it;
@@ -871,6 +885,7 @@ static const VmmVirtioDeviceOps p9_device_ops = {
     .get_config = p9_get_config,
     .queue_notify = p9_queue_notify,
     .reset = p9_reset,
+    .quiesce = p9_quiesce,
 };
 
 VmmVirtio9p *vmm_virtio_9p_new(const char *id, const char *tag, const VmmGuestMem *mem)

@@ -405,6 +405,8 @@ void vmm_virtio_mmio_access(VmmVirtioMmio *t, uint64_t offset, uint8_t *data, un
             memset(data, 0, len);
         return;
     }
+    if (is_write && offset == VIRTIO_MMIO_STATUS && len == 4 && load_le32(data) == 0 && t->ops->quiesce)
+        t->ops->quiesce(t->dev);
     g_mutex_lock(&t->lock);
     if (offset >= VIRTIO_MMIO_CONFIG) {
         access_config(t, offset - VIRTIO_MMIO_CONFIG, data, len, is_write);

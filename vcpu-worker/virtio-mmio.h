@@ -79,6 +79,10 @@ typedef struct {
     void (*queue_notify)(void *dev, unsigned queue);
     /* The driver reset the device: forget requests (called with the queue lock held). */
     void (*reset)(void *dev);
+    /* The driver is about to reset the device (optional; called with no lock
+     * of the transport's held, so the device's completions can still raise
+     * interrupts): wait until nothing it started still uses guest memory. */
+    void (*quiesce)(void *dev);
     /* The driver set DRIVER_OK having accepted FEATURES (optional; called with
      * the queue lock held). */
     void (*driver_ok)(void *dev, uint64_t features);

@@ -13,7 +13,7 @@
 
 static int open_memfd(guint64 size, const char *what, GError **error)
 {
-    int fd = memfd_create("guest-ram", MFD_CLOEXEC);
+    int fd = memfd_create("guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
         vmm_set_errno(error, errno, "%s: memfd_create", what);
         return -1;
@@ -23,6 +23,10 @@ static int open_memfd(guint64 size, const char *what, GError **error)
         close(fd);
         return -1;
     }
+    /* Every helper mapping it may rely on its size: a shrunk memfd would
+     * SIGBUS blockd or fsd (which map it too) instead of failing cleanly. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+        vmm_debug("%s: sealing its size: %s", what, g_strerror(errno));
     return fd;
 }
 

@@ -397,6 +397,61 @@ static void test_reset_in_flight(void)
     fixture_destroy(&f);
 }
 
+typedef struct {
+    TestDriver *td;
+    gint done;
+} ResetArgs;
+
+static gpointer reset_thread(gpointer data)
+{
+    ResetArgs *a = data;
+    td_write(a->td, VIRTIO_MMIO_STATUS, 0);
+    g_atomic_int_set(&a->done, 1);
+    return NULL;
+}
+
+/* With data through guest memory, Treads go as Tread.vmm, and a reset waits
+ * until fsd has answered every one (it may still write into the buffers the
+ * reset driver reuses) while their completions still raise interrupts. */
+static void test_reset_waits_for_guest_memory(void)
+{
+    Fixture f;
+    fixture_init(&f, "t");
+    close(f.srv);
+    int sv[2];
+    g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+    vmm_virtio_9p_set_guest_memory(f.p, f.td.ram, TD_RAM_SIZE);
+    vmm_virtio_9p_connect(f.p, sv[0], true);
+    f.srv = sv[1];
+    guint8 body[16] = { 1 };          /* fid 1, offset 0 */
+    put32(body + 12, 100);            /* count */
+    guint16 wire[2];
+    for (guint i = 0; i < 2; i++) {
+        submit(&f, P9_TREAD, (guint16)(10 + i), body, sizeof(body));
+        guint32 size;
+        g_autofree guint8 *m = srv_read(f.srv, &size);
+        g_assert_cmpuint(m[4], ==, P9_TREAD_VMM);
+        g_assert_cmpuint(get32(m + P9_HDRSZ + 12), ==, P9_VMM_SEGMENT_SIZE);   /* one piece */
+        wire[i] = get16(m + 5);
+    }
+    g_assert_cmpuint(vmm_virtio_9p_sent_in_guest(f.p), ==, 2);
+    ResetArgs a = { &f.td, 0 };
+    GThread *t = g_thread_new("reset", reset_thread, &a);
+    g_usleep(100000);
+    g_assert_cmpint(g_atomic_int_get(&a.done), ==, 0);
+    guint8 count[4];
+    put32(count, 5);
+    srv_reply(f.srv, P9_RREAD_VMM, wire[0], count, 4);
+    g_usleep(100000);
+    g_assert_cmpint(g_atomic_int_get(&a.done), ==, 0);
+    srv_reply(f.srv, P9_RREAD_VMM, wire[1], count, 4);
+    g_thread_join(t);
+    g_assert_cmpint(a.done, ==, 1);
+    /* Answered in time: the connection stays. */
+    g_assert_true(vmm_virtio_9p_connected(f.p));
+    fixture_destroy(&f);
+}
+
 static void test_malformed(void)
 {
     Fixture f;
@@ -762,6 +817,7 @@ int main(int argc, char **argv)
     g_test_add_func("/virtio-9p/flush", test_flush);
     g_test_add_func("/virtio-9p/version-aborts", test_version_aborts);
     g_test_add_func("/virtio-9p/reset-in-flight", test_reset_in_flight);
+    g_test_add_func("/virtio-9p/reset-waits-for-guest-memory", test_reset_waits_for_guest_memory);
     g_test_add_func("/virtio-9p/malformed", test_malformed);
     g_test_add_func("/virtio-9p/reply-too-big", test_reply_too_big);
     g_test_add_func("/virtio-9p/server-dies-and-returns", test_server_dies_and_returns);

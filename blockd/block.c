@@ -11,7 +11,6 @@
 #include "common/log.h"
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1417,50 +1416,31 @@ gboolean vmm_block_pwrite_spliced(VmmBlockDev *bs, guint64 offset, guint64 bytes
     return TRUE;
 }
 
-/* preadv or pwritev of all of IOV at host offset AT of FD, in pieces of at
- * most IOV_MAX buffers. A read that meets the file's end zero-fills the rest
- * (as file_pread does); a write that writes nothing is ENOSPC. Returns 0 or
- * an errno value. */
-static int host_iov_io(int fd, guint64 at, const struct iovec *src, guint niov, gboolean write)
+/* preadv or pwritev of all of IOV (BYTES) at host offset AT of FD. A read
+ * that meets the file's end zero-fills the rest (as file_pread does); a
+ * write that stops short is ENOSPC. Returns 0 or an errno value. */
+static int host_iov_io(int fd, guint64 at, const struct iovec *iov, guint niov, guint64 bytes, gboolean write)
 {
-    g_autofree struct iovec *iov = g_memdup2(src, (gsize)niov * sizeof(*iov));
-    struct iovec *cur = iov;
-    while (niov > 0) {
-        int n_now = (int)MIN(niov, (guint)IOV_MAX);
-        ssize_t n = write ? pwritev(fd, cur, n_now, (off_t)at) : preadv(fd, cur, n_now, (off_t)at);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno;
-        if (n == 0) {
-            if (write)
-                return ENOSPC;
-            for (guint i = 0; i < niov; i++)
-                memset(cur[i].iov_base, 0, cur[i].iov_len);
-            return 0;
-        }
-        at += (guint64)n;
-        niov = vmm_iov_consume(&cur, niov, (size_t)n);
-    }
+    guint64 done;
+    int err = vmm_iov_pio(fd, at, iov, niov, write, &done);
+    if (err || done == bytes)
+        return err;
+    if (write)
+        return ENOSPC;
+    g_autofree guint8 *zeroes = g_malloc0(bytes - done);
+    vmm_iov_from_buf(iov, niov, done, zeroes, bytes - done);
     return 0;
-}
-
-static guint64 iov_total(const struct iovec *iov, guint niov)
-{
-    guint64 total = 0;
-    for (guint i = 0; i < niov; i++)
-        total += iov[i].iov_len;
-    return total;
 }
 
 static gboolean iov_bad_length(VmmBlockDev *bs, guint64 offset, guint64 bytes, const struct iovec *iov,
                                guint niov, GError **error)
 {
-    if (iov_total(iov, niov) == bytes)
+    guint64 total = vmm_iov_size(iov, niov);
+    if (total == bytes)
         return FALSE;
     g_set_error(error, VMM_ERROR, VMM_ERROR_INVALID, "%s: request at offset %" G_GUINT64_FORMAT
                 " of %" G_GUINT64_FORMAT " bytes with %" G_GUINT64_FORMAT " bytes of buffers",
-                bs->filename, offset, bytes, iov_total(iov, niov));
+                bs->filename, offset, bytes, total);
     return TRUE;
 }
 
@@ -1474,7 +1454,7 @@ gboolean vmm_block_preadv(VmmBlockDev *bs, guint64 offset, guint64 bytes, const 
     if (!bytes)
         return TRUE;
     if (vmm_block_map_host(bs, offset, bytes, FALSE, &fd, &host, &pnum) && pnum >= bytes) {
-        int err = host_iov_io(fd, host, iov, niov, FALSE);
+        int err = host_iov_io(fd, host, iov, niov, bytes, FALSE);
         return !err || vmm_set_errno(error, err, "%s: read of %" G_GUINT64_FORMAT " bytes at offset %"
                                      G_GUINT64_FORMAT, bs->filename, bytes, offset);
     }
@@ -1483,9 +1463,7 @@ gboolean vmm_block_preadv(VmmBlockDev *bs, guint64 offset, guint64 bytes, const 
         return vmm_set_errno(error, ENOMEM, "%s: read of %" G_GUINT64_FORMAT " bytes", bs->filename, bytes);
     if (!vmm_block_pread(bs, offset, bytes, buf, error))
         return FALSE;
-    gsize at = 0;
-    for (guint i = 0; i < niov; at += iov[i].iov_len, i++)
-        memcpy(iov[i].iov_base, buf + at, iov[i].iov_len);
+    vmm_iov_from_buf(iov, niov, 0, buf, bytes);
     return TRUE;
 }
 
@@ -1499,7 +1477,7 @@ gboolean vmm_block_pwritev(VmmBlockDev *bs, guint64 offset, guint64 bytes, const
     if (!bytes)
         return TRUE;
     if (vmm_block_map_host(bs, offset, bytes, TRUE, &fd, &host, &pnum) && pnum >= bytes) {
-        int err = host_iov_io(fd, host, iov, niov, TRUE);
+        int err = host_iov_io(fd, host, iov, niov, bytes, TRUE);
         if (err)
             return vmm_set_errno(error, err, "%s: write of %" G_GUINT64_FORMAT " bytes at offset %"
                                  G_GUINT64_FORMAT, bs->filename, bytes, offset);
@@ -1510,9 +1488,7 @@ gboolean vmm_block_pwritev(VmmBlockDev *bs, guint64 offset, guint64 bytes, const
     g_autofree guint8 *buf = g_try_malloc(bytes);
     if (!buf)
         return vmm_set_errno(error, ENOMEM, "%s: write of %" G_GUINT64_FORMAT " bytes", bs->filename, bytes);
-    gsize at = 0;
-    for (guint i = 0; i < niov; at += iov[i].iov_len, i++)
-        memcpy(buf + at, iov[i].iov_base, iov[i].iov_len);
+    vmm_iov_to_buf(iov, niov, 0, buf, bytes);
     return vmm_block_pwrite(bs, offset, bytes, buf, flags, error);
 }
 

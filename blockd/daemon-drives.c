@@ -25,7 +25,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static void close_all(int *fds, guint n)
@@ -109,29 +108,6 @@ static JsonObject *describe(VmmBlockDev *bs, gboolean snapshot)
     return r;
 }
 
-static NbdGuestMemory guest_memory;
-
-/* Maps the guest's RAM from FD (taken) once; NULL (the drive's data then
- * crosses the socket) when it cannot be mapped or differs from the first. */
-static const NbdGuestMemory *map_guest_memory(int fd, guint64 size)
-{
-    if (guest_memory.base) {
-        close(fd);
-        return guest_memory.size == size ? &guest_memory : NULL;
-    }
-    void *p = vmm_guest_ram_map(fd, size, MAP_SHARED);
-    int err = errno;
-    close(fd);
-    if (p == MAP_FAILED) {
-        vmm_warn("guest memory of %" G_GUINT64_FORMAT " bytes: mmap: %s; drive data goes through the socket",
-                 size, g_strerror(err));
-        return NULL;
-    }
-    /* The guest's memory is not blockd's to dump. */
-    madvise(p, (size_t)size, MADV_DONTDUMP);
-    guest_memory = (NbdGuestMemory){ p, size };
-    return &guest_memory;
-}
 
 static gboolean add_drive(BlockdExports *e, JsonObject *a, int *fds, guint nfds, JsonObject **result,
                           GError **error)
@@ -150,11 +126,12 @@ static gboolean add_drive(BlockdExports *e, JsonObject *a, int *fds, guint nfds,
                     overlay ? ", overlay" : "", mem_size ? ", guest memory" : "");
         return FALSE;
     }
-    const NbdGuestMemory *mem = NULL;
+    NbdGuestMemory guest = { NULL, (guint64)mem_size };
     if (mem_size) {
-        mem = map_guest_memory(fds[nfds - 1], (guint64)mem_size);
+        guest.base = vmm_guest_ram_adopt(fds[nfds - 1], guest.size, "drive data");
         fds[--nfds] = -1;
     }
+    const NbdGuestMemory *mem = guest.base ? &guest : NULL;
     g_autoptr(NbdExport) existing = nbd_server_find_export(server, id);
     if (existing) {
         close_all(fds + 1, nfds - 1);

@@ -1,9 +1,11 @@
 /* See guest-ram.h. */
 #include "common/guest-ram.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* A huge page needs its virtual range aligned; KVM maps a huge page into the
  * guest only where guest-physical and host-virtual addresses agree modulo
@@ -38,4 +40,27 @@ void *vmm_guest_ram_map(int fd, guint64 size, int flags)
     /* Advice only: hugetlbfs files have huge pages anyway and refuse it. */
     madvise(p, size, MADV_HUGEPAGE);
     return p;
+}
+
+guint8 *vmm_guest_ram_adopt(int fd, guint64 size, const char *what)
+{
+    static guint8 *adopted;
+    static guint64 adopted_size;
+    if (adopted) {
+        close(fd);
+        return size == adopted_size ? adopted : NULL;
+    }
+    void *p = vmm_guest_ram_map(fd, size, MAP_SHARED);
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        vmm_warn("guest memory of %" G_GUINT64_FORMAT " bytes: mmap: %s; %s goes through the socket", size,
+                 g_strerror(err), what);
+        return NULL;
+    }
+    /* The guest's memory is not the helper's to dump. */
+    madvise(p, (size_t)size, MADV_DONTDUMP);
+    adopted = p;
+    adopted_size = size;
+    return adopted;
 }

@@ -11,3 +11,11 @@
  * for shmem. MAP_FAILED with errno on failure (EINVAL for a file shorter than
  * SIZE). */
 void *vmm_guest_ram_map(int fd, guint64 size, int flags);
+
+/* For a helper that moves a VM's data straight in guest RAM (blockd, fsd;
+ * one VM per process): maps FD (taken, closed here) of SIZE bytes shared the
+ * first time, kept for the process's life and left out of its core dumps,
+ * and returns it; later calls with the same SIZE return that mapping. NULL,
+ * logged with WHAT ("drive data", "9P data") going through the socket
+ * instead, when it cannot be mapped or is not the RAM mapped first. */
+guint8 *vmm_guest_ram_adopt(int fd, guint64 size, const char *what);

@@ -4,7 +4,10 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 unsigned vmm_iov_consume(struct iovec **iov, unsigned niov, size_t n)
 {
@@ -20,6 +23,85 @@ unsigned vmm_iov_consume(struct iovec **iov, unsigned niov, size_t n)
     }
     *iov = v;
     return niov;
+}
+
+size_t vmm_iov_size(const struct iovec *iov, unsigned n)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    return total;
+}
+
+size_t vmm_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf, size_t len)
+{
+    size_t done = 0;
+    for (unsigned i = 0; i < n && done < len; i++) {
+        if (offset >= iov[i].iov_len) {
+            offset -= iov[i].iov_len;
+            continue;
+        }
+        size_t chunk = MIN(iov[i].iov_len - offset, len - done);
+        memcpy((uint8_t *)buf + done, (uint8_t *)iov[i].iov_base + offset, chunk);
+        done += chunk;
+        offset = 0;
+    }
+    return done;
+}
+
+size_t vmm_iov_from_buf(const struct iovec *iov, unsigned n, size_t offset, const void *buf,
+                        size_t len)
+{
+    size_t done = 0;
+    for (unsigned i = 0; i < n && done < len; i++) {
+        if (offset >= iov[i].iov_len) {
+            offset -= iov[i].iov_len;
+            continue;
+        }
+        size_t chunk = MIN(iov[i].iov_len - offset, len - done);
+        memcpy((uint8_t *)iov[i].iov_base + offset, (const uint8_t *)buf + done, chunk);
+        done += chunk;
+        offset = 0;
+    }
+    return done;
+}
+
+unsigned vmm_iov_slice(const struct iovec *iov, unsigned n, size_t offset, size_t len,
+                       struct iovec *out, unsigned max_out)
+{
+    unsigned count = 0;
+    for (unsigned i = 0; i < n && len > 0 && count < max_out; i++) {
+        if (offset >= iov[i].iov_len) {
+            offset -= iov[i].iov_len;
+            continue;
+        }
+        size_t chunk = MIN(iov[i].iov_len - offset, len);
+        out[count++] = (struct iovec){ (uint8_t *)iov[i].iov_base + offset, chunk };
+        len -= chunk;
+        offset = 0;
+    }
+    return count;
+}
+
+int vmm_iov_pio(int fd, guint64 offset, const struct iovec *iov, unsigned niov, gboolean write, guint64 *done)
+{
+    g_autofree struct iovec *copy = g_memdup2(iov, MAX(niov, 1u) * sizeof(*iov));
+    struct iovec *cur = copy;
+    *done = 0;
+    while (niov > 0) {
+        int n_now = (int)MIN(niov, (unsigned)IOV_MAX);
+        ssize_t n = write ? pwritev(fd, cur, n_now, (off_t)(offset + *done))
+                          : preadv(fd, cur, n_now, (off_t)(offset + *done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno;
+        if (n == 0)
+            break;
+        *done += (guint64)n;
+        niov = vmm_iov_consume(&cur, niov, (size_t)n);
+    }
+    return 0;
 }
 
 /* One sendmsg (writev for a pipe) of at most IOV_MAX buffers. */

@@ -3,13 +3,13 @@
  * O_PATH descriptor (fsd/node.c); errors are the host's errno, sent back as
  * Rlerror. */
 #include "fsd/9p-server.h"
+#include "common/iov.h"
 #include "common/log.h"
 #include "common/splice.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/statfs.h>
@@ -668,55 +668,16 @@ static gboolean read_spliced(Req *r, int fd, guint32 count, P9Fcall *out)
 
 /* ---- Data in guest RAM (Tread.vmm, Twrite.vmm) ---- */
 
-/* Copies LEN bytes between BUF and the segments (TO_GUEST: into them). */
-static void segs_copy(const Req *r, guint8 *buf, gsize len, gboolean to_guest)
-{
-    for (guint i = 0; i < r->nsegs && len > 0; i++) {
-        gsize n = MIN(len, r->segs[i].iov_len);
-        if (to_guest)
-            memcpy(r->segs[i].iov_base, buf, n);
-        else
-            memcpy(buf, r->segs[i].iov_base, n);
-        buf += n;
-        len -= n;
-    }
-}
-
-/* preadv/pwritev of the first COUNT bytes of R's segments at OFFSET of FD,
- * in pieces of at most IOV_MAX; a read stops at the end of the file. The
- * bytes moved, or -errno. */
+/* preadv/pwritev of the first COUNT bytes of R's segments at OFFSET of FD; a
+ * read stops at the end of the file. The bytes moved (what was moved before
+ * a failure, as pread reports), or -errno. */
 static gssize segs_io(const Req *r, int fd, guint64 offset, guint64 count, gboolean write)
 {
-    g_autofree struct iovec *iov = g_new(struct iovec, r->nsegs);
-    guint n = 0;
-    for (guint64 left = count; n < r->nsegs && left > 0; n++) {
-        iov[n] = r->segs[n];
-        iov[n].iov_len = MIN(iov[n].iov_len, left);
-        left -= iov[n].iov_len;
-    }
-    struct iovec *cur = iov;
-    guint64 done = 0;
-    while (n > 0) {
-        ssize_t got = write ? pwritev(fd, cur, (int)MIN(n, (guint)IOV_MAX), (off_t)(offset + done))
-                            : preadv(fd, cur, (int)MIN(n, (guint)IOV_MAX), (off_t)(offset + done));
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0)
-            return done ? (gssize)done : -errno;
-        if (got == 0)
-            break;
-        done += (guint64)got;
-        while (n > 0 && (gsize)got >= cur->iov_len) {
-            got -= (ssize_t)cur->iov_len;
-            cur++;
-            n--;
-        }
-        if (n > 0) {
-            cur->iov_base = (guint8 *)cur->iov_base + got;
-            cur->iov_len -= (gsize)got;
-        }
-    }
-    return (gssize)done;
+    g_autofree struct iovec *iov = g_new(struct iovec, MAX(r->nsegs, 1u));
+    guint n = vmm_iov_slice(r->segs, r->nsegs, 0, count, iov, r->nsegs);
+    guint64 done;
+    int err = vmm_iov_pio(fd, offset, iov, n, write, &done);
+    return err && !done ? -err : (gssize)done;
 }
 
 static int op_read(FsdConn *c, Req *r, P9Fcall *out)
@@ -731,7 +692,7 @@ static int op_read(FsdConn *c, Req *r, P9Fcall *out)
         guint64 off = MIN(in->offset, len);
         guint32 n = (guint32)MIN((guint64)count, len - off);
         if (r->segs)
-            segs_copy(r, fid->xattr->data + off, n, TRUE);
+            vmm_iov_from_buf(r->segs, r->nsegs, 0, fid->xattr->data + off, n);
         else
             out->data = g_memdup2(fid->xattr->data + off, n ? n : 1);
         out->count = n;
@@ -777,7 +738,7 @@ static int xattr_write(Fid *fid, const Req *r, guint64 count, P9Fcall *out)
     if (in->offset > size || count > size - in->offset)
         return -ENOSPC;
     if (r->segs)
-        segs_copy(r, fid->xattr->data + in->offset, count, FALSE);
+        vmm_iov_to_buf(r->segs, r->nsegs, 0, fid->xattr->data + in->offset, count);
     else
         memcpy(fid->xattr->data + in->offset, in->data, count);
     fid->xattr_copied = MAX(fid->xattr_copied, in->offset + count);

@@ -7,9 +7,7 @@
 #include "common/log.h"
 #include "proto/control.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 typedef struct {
@@ -20,32 +18,6 @@ typedef struct {
 /* id -> HelperExport; the helper's loop is single-threaded. */
 static GHashTable *exports;
 
-/* The guest's RAM, mapped at the first fsdev-add that brings it: one VM per
- * fsd, every device's connection shares it. */
-static guint8 *guest_ram;
-static guint64 guest_ram_size;
-
-/* Maps FD (taken) as the guest's RAM once; FALSE (the data then goes
- * through the socket) when it cannot be, or is not the RAM mapped first. */
-static gboolean map_guest_ram(int fd, guint64 size)
-{
-    if (guest_ram) {
-        close(fd);
-        return size == guest_ram_size;
-    }
-    void *p = vmm_guest_ram_map(fd, size, MAP_SHARED);
-    int err = errno;
-    close(fd);
-    if (p == MAP_FAILED) {
-        vmm_warn("guest memory of %" G_GUINT64_FORMAT " bytes: mmap: %s; 9P data goes through the socket", size,
-                 g_strerror(err));
-        return FALSE;
-    }
-    madvise(p, (size_t)size, MADV_DONTDUMP);
-    guest_ram = p;
-    guest_ram_size = size;
-    return TRUE;
-}
 
 static gboolean config_from_args(JsonObject *a, int dirfd, FsdExportConfig *cfg, GError **error)
 {
@@ -109,7 +81,8 @@ static void fsdev_add(VmmHelper *h, VmmChannelRequest *req)
     int dirfd = vmm_channel_request_take_fd(req, 1);
     gint64 ram_size = json_object_get_int_member_with_default(a, "guest-memory", 0);
     int ram_fd = ram_size > 0 ? vmm_channel_request_take_fd(req, 2) : -1;
-    gboolean with_ram = ram_fd >= 0 && map_guest_ram(ram_fd, (guint64)ram_size);
+    guint8 *ram = ram_fd >= 0 ? vmm_guest_ram_adopt(ram_fd, (guint64)ram_size, "9P data") : NULL;
+    gboolean with_ram = ram != NULL;
     if (!exports)
         exports = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     HelperExport *x = id ? g_hash_table_lookup(exports, id) : NULL;
@@ -121,8 +94,7 @@ static void fsdev_add(VmmHelper *h, VmmChannelRequest *req)
     }
     if (dirfd >= 0)
         close(dirfd);
-    if (x && !err && fsd_server_serve_fd_guest(x->server, sock, with_ram ? guest_ram : NULL,
-                                                with_ram ? guest_ram_size : 0, &err))
+    if (x && !err && fsd_server_serve_fd_guest(x->server, sock, ram, with_ram ? (guint64)ram_size : 0, &err))
         sock = -1;
     if (sock >= 0)
         close(sock);

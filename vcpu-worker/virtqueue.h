@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "common/iov.h"
 #include "vcpu-worker/guest-mem.h"
 
 /* Feature bits of the rings (virtio 1.x, section 6). */
@@ -113,13 +114,5 @@ void vmm_vq_set_notification(VmmVirtqueue *vq, bool enable);
  * race with a driver that added one before seeing the flag). */
 bool vmm_vq_has_avail(VmmVirtqueue *vq);
 
-/* Copies between a flat buffer and pieces, starting OFFSET bytes in; return
- * how many bytes were copied (less than LEN when the pieces end). */
-size_t vmm_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf, size_t len);
-size_t vmm_iov_from_buf(const struct iovec *iov, unsigned n, size_t offset, const void *buf,
-                        size_t len);
-/* Describes LEN bytes of IOV starting OFFSET bytes in as pieces in OUT (at
- * most MAX_OUT); returns how many pieces, covering at most LEN bytes. */
-unsigned vmm_iov_slice(const struct iovec *iov, unsigned n, size_t offset, size_t len,
-                       struct iovec *out, unsigned max_out);
-size_t vmm_iov_size(const struct iovec *iov, unsigned n);
+/* The iovec helpers (vmm_iov_to_buf, vmm_iov_from_buf, vmm_iov_slice,
+ * vmm_iov_size) are in common/iov.h. */

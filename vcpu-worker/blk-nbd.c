@@ -436,36 +436,6 @@ static gboolean send_write_spliced(VmmBlkNbd *c, NbdReq *r, const struct iovec *
     return TRUE;
 }
 
-/* Under send_lock: R's buffers as a guest memory segment list (proto/nbd.h)
- * in BUF, adjacent buffers merged; its size, or 0 when some buffer is not in
- * guest RAM (then the data goes through the socket). */
-static gsize guest_segments(VmmBlkNbd *c, const NbdReq *r, guint8 *buf)
-{
-    guint32 count = 0;
-    guint8 *seg = buf + NBD_VMM_SEGMENT_LIST_HEADER - NBD_VMM_SEGMENT_SIZE;
-    guint64 last_end = G_MAXUINT64;
-    for (unsigned i = 0; i < r->niov; i++) {
-        guintptr p = (guintptr)r->iov[i].iov_base, base = (guintptr)c->ram;
-        gsize len = r->iov[i].iov_len;
-        if (p < base || len > c->ram_size || (guint64)(p - base) > c->ram_size - len)
-            return 0;
-        guint64 at = (guint64)(p - base);
-        if (count && at == last_end && get_be32(seg + 8) + (guint64)len <= G_MAXUINT32) {
-            put_be32(seg + 8, get_be32(seg + 8) + (guint32)len);
-        } else {
-            seg += NBD_VMM_SEGMENT_SIZE;
-            put_be64(seg, at);
-            put_be32(seg + 8, (guint32)len);
-            put_be32(seg + 12, 0);
-            count++;
-        }
-        last_end = at + len;
-    }
-    put_be32(buf, count);
-    put_be32(buf + 4, 0);
-    return NBD_VMM_SEGMENT_LIST_HEADER + (gsize)count * NBD_VMM_SEGMENT_SIZE;
-}
-
 /* Under send_lock: R with its data in guest memory, if this connection does
  * that and R's buffers are all in guest RAM; FALSE: nothing was sent. */
 static gboolean send_in_guest(VmmBlkNbd *c, NbdReq *r, guint8 *hdr)
@@ -473,13 +443,26 @@ static gboolean send_in_guest(VmmBlkNbd *c, NbdReq *r, guint8 *hdr)
     if (!c->guest_memory || !c->ram || r->niov == 0 || r->niov > NBD_VMM_MAX_SEGMENTS ||
         (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE))
         return FALSE;
-    guint8 local[NBD_VMM_SEGMENT_LIST_HEADER + 64 * NBD_VMM_SEGMENT_SIZE];
-    gsize cap = NBD_VMM_SEGMENT_LIST_HEADER + (gsize)r->niov * NBD_VMM_SEGMENT_SIZE;
-    g_autofree guint8 *heap = cap > sizeof(local) ? g_malloc(cap) : NULL;
-    guint8 *list = heap ? heap : local;
-    gsize list_len = guest_segments(c, r, list);
-    if (!list_len)
+    /* Where the data is in guest RAM, then that as the segment list of
+     * proto/nbd.h. */
+    VmmRamRange local[64];
+    g_autofree VmmRamRange *heap = r->niov > G_N_ELEMENTS(local) ? g_new(VmmRamRange, r->niov) : NULL;
+    VmmRamRange *ranges = heap ? heap : local;
+    unsigned count = vmm_guest_ram_ranges(c->ram, c->ram_size, r->iov, r->niov, ranges);
+    if (!count)
         return FALSE;
+    guint8 local_list[NBD_VMM_SEGMENT_LIST_HEADER + 64 * NBD_VMM_SEGMENT_SIZE];
+    gsize list_len = NBD_VMM_SEGMENT_LIST_HEADER + (gsize)count * NBD_VMM_SEGMENT_SIZE;
+    g_autofree guint8 *heap_list = list_len > sizeof(local_list) ? g_malloc(list_len) : NULL;
+    guint8 *list = heap_list ? heap_list : local_list;
+    put_be32(list, count);
+    put_be32(list + 4, 0);
+    for (unsigned i = 0; i < count; i++) {
+        guint8 *e = list + NBD_VMM_SEGMENT_LIST_HEADER + (gsize)i * NBD_VMM_SEGMENT_SIZE;
+        put_be64(e, ranges[i].offset);
+        put_be32(e + 8, ranges[i].len);
+        put_be32(e + 12, 0);
+    }
     r->in_guest = TRUE;
     put_be16(hdr + 4, r->flags | NBD_CMD_FLAG_VMM_GUEST_MEMORY);
     struct iovec iov[2] = { { hdr, NBD_REQUEST_SIZE }, { list, list_len } };

@@ -127,3 +127,23 @@ uint64_t vmm_guest_mem_total(const VmmGuestMem *mem)
         total += mem->regions[i].size;
     return total;
 }
+
+unsigned vmm_guest_ram_ranges(const uint8_t *base, uint64_t size, const struct iovec *iov, unsigned n,
+                              VmmRamRange *out)
+{
+    unsigned count = 0;
+    uint64_t last_end = UINT64_MAX;
+    for (unsigned i = 0; i < n; i++) {
+        uintptr_t b = (uintptr_t)iov[i].iov_base, start = (uintptr_t)base;
+        size_t len = iov[i].iov_len;
+        if (b < start || len > size || (uint64_t)(b - start) > size - len || len > UINT32_MAX)
+            return 0;
+        uint64_t at = (uint64_t)(b - start);
+        if (count && at == last_end && out[count - 1].len + (uint64_t)len <= UINT32_MAX)
+            out[count - 1].len += (uint32_t)len;
+        else
+            out[count++] = (VmmRamRange){ at, (uint32_t)len };
+        last_end = at + len;
+    }
+    return count;
+}

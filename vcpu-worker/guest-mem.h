@@ -6,6 +6,7 @@
 #include <glib.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define VMM_GUEST_MEM_MAX_REGIONS 4
 
@@ -40,3 +41,15 @@ bool vmm_guest_mem_read(const VmmGuestMem *mem, uint64_t gpa, void *buf, uint64_
 bool vmm_guest_mem_write(const VmmGuestMem *mem, uint64_t gpa, const void *buf, uint64_t len);
 /* Total bytes of RAM over all regions. */
 uint64_t vmm_guest_mem_total(const VmmGuestMem *mem);
+
+/* A piece of a guest-RAM mapping, as offset from its start (an offset into
+ * the RAM's memfd, which blockd and fsd map too). */
+typedef struct {
+    uint64_t offset;
+    uint32_t len;
+} VmmRamRange;
+/* The buffers IOV (N) as ranges of the RAM mapped at BASE (SIZE bytes) in
+ * OUT (room for N): adjacent buffers merged, no range over 4 GiB - 1.
+ * Returns how many, or 0 when a buffer is not wholly inside it. */
+unsigned vmm_guest_ram_ranges(const uint8_t *base, uint64_t size, const struct iovec *iov, unsigned n,
+                              VmmRamRange *out);

@@ -315,26 +315,16 @@ static Send *prepare_send(VmmVirtio9p *p, const Req *r, VmmVqElem *elem, guint32
  * (adjacent ones merged); FALSE when one is not in RAM. */
 static bool segments_of(VmmVirtio9p *p, const struct iovec *iov, unsigned n, GByteArray *list)
 {
-    guint64 last_end = G_MAXUINT64;
-    for (unsigned i = 0; i < n; i++) {
-        guintptr b = (guintptr)iov[i].iov_base, base = (guintptr)p->ram;
-        gsize len = iov[i].iov_len;
-        if (b < base || len > p->ram_size || (guint64)(b - base) > p->ram_size - len || len > G_MAXUINT32)
-            return false;
-        guint64 at = (guint64)(b - base);
-        guint8 *prev = list->len ? list->data + list->len - P9_VMM_SEGMENT_SIZE : NULL;
-        if (prev && at == last_end && get_le32(prev + 8) + (guint64)len <= G_MAXUINT32) {
-            put_le32(prev + 8, get_le32(prev + 8) + (guint32)len);
-        } else {
-            guint8 e[P9_VMM_SEGMENT_SIZE];
-            guint64 le = GUINT64_TO_LE(at);
-            memcpy(e, &le, 8);
-            put_le32(e + 8, (guint32)len);
-            g_byte_array_append(list, e, sizeof(e));
-        }
-        last_end = at + len;
+    g_autofree VmmRamRange *ranges = g_new(VmmRamRange, MAX(n, 1u));
+    unsigned count = vmm_guest_ram_ranges(p->ram, p->ram_size, iov, n, ranges);
+    for (unsigned i = 0; i < count; i++) {
+        guint8 e[P9_VMM_SEGMENT_SIZE];
+        guint64 le = GUINT64_TO_LE(ranges[i].offset);
+        memcpy(e, &le, 8);
+        put_le32(e + 8, ranges[i].len);
+        g_byte_array_append(list, e, sizeof(e));
     }
-    return list->len > 0;
+    return count > 0;
 }
 
 /* A Tread or Twrite of the guest's as Tread.vmm/Twrite.vmm, when this

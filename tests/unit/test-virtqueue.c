@@ -559,11 +559,35 @@ static void test_iov_helpers(void)
     g_assert_cmpuint(vmm_iov_slice(iov, 3, 9, 1, s, 3), ==, 0);
 }
 
+/* Buffers as ranges of a RAM mapping: adjacent ones merged, in order, and
+ * nothing for a buffer that is not wholly inside. */
+static void test_guest_ram_ranges(void)
+{
+    static uint8_t ram[64 * 1024];
+    VmmRamRange out[4];
+    struct iovec ok[4] = {
+        { ram + 8192, 4096 }, { ram + 12288, 4096 },   /* adjacent: one range */
+        { ram, 100 },                                  /* before: a new one */
+        { ram + 100, 50 },
+    };
+    g_assert_cmpuint(vmm_guest_ram_ranges(ram, sizeof(ram), ok, 4, out), ==, 2);
+    g_assert_cmpuint(out[0].offset, ==, 8192);
+    g_assert_cmpuint(out[0].len, ==, 8192);
+    g_assert_cmpuint(out[1].offset, ==, 0);
+    g_assert_cmpuint(out[1].len, ==, 150);
+    struct iovec over[2] = { { ram, 10 }, { ram + sizeof(ram) - 10, 20 } };
+    g_assert_cmpuint(vmm_guest_ram_ranges(ram, sizeof(ram), over, 2, out), ==, 0);
+    uint8_t other[16];
+    struct iovec outside = { other, sizeof(other) };
+    g_assert_cmpuint(vmm_guest_ram_ranges(ram, sizeof(ram), &outside, 1, out), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/guest-mem/bounds", test_guest_mem_bounds);
     g_test_add_func("/guest-mem/regions", test_guest_mem_regions);
+    g_test_add_func("/guest-mem/ram-ranges", test_guest_ram_ranges);
     g_test_add_func("/virtqueue/pop-push-direct", test_pop_push_direct);
     g_test_add_func("/virtqueue/pop-indirect", test_pop_indirect);
     g_test_add_func("/virtqueue/out-of-order-and-wrap", test_out_of_order_and_wrap);

@@ -24,10 +24,12 @@ static void fuzz_complete(VmmBlkRequest *req, int ret)
     ((FuzzReq *)req)->ret = ret;
 }
 
+/* Stops when the client hung up: a send to a socket it shut down must not
+ * SIGPIPE the fuzzer. */
 static void send_all(int fd, const uint8_t *data, size_t len)
 {
     while (len) {
-        ssize_t n = write(fd, data, len);
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
         if (n <= 0)
             return;
         data += n;

@@ -1,7 +1,8 @@
 /* The 9P2000.L server core: connections, the fid table, the worker pool and
  * flush. Messages arrive whole from the transport; Tversion and Tflush are
  * answered at once, everything else runs on the export's worker pool, so a
- * slow fsync does not hold up a readdir and replies go out in any order.
+ * slow fsync does not hold up a readdir and replies go out in any order;
+ * quick requests of a lone connection run at once (fsd_conn_set_run_inline).
  * The operations themselves are in fsd/9p-ops.c. */
 #include "fsd/9p-server.h"
 #include "common/error.h"
@@ -240,6 +241,11 @@ void fsd_conn_set_guest_memory(FsdConn *c, guint8 *base, guint64 size)
     c->mem_size = base ? size : 0;
 }
 
+void fsd_conn_set_run_inline(FsdConn *c, gboolean on)
+{
+    g_atomic_int_set(&c->run_inline, on ? 1 : 0);
+}
+
 guint32 fsd_conn_msize(FsdConn *c)
 {
     g_mutex_lock(&c->lock);
@@ -437,6 +443,21 @@ static void worker(gpointer data, gpointer user)
     p9_fcall_clear(&out);
 }
 
+/* Requests that only look up or change names and attributes in the
+ * directory tree: on a local filesystem each is a few syscalls that do not
+ * wait for anything but the disk's metadata. */
+static gboolean is_quick(guint8 type)
+{
+    switch (type) {
+    case P9_TWALK: case P9_TGETATTR: case P9_TCLUNK: case P9_TSTATFS: case P9_TREADLINK:
+    case P9_TLCREATE: case P9_TMKDIR: case P9_TMKNOD: case P9_TSYMLINK: case P9_TLINK:
+    case P9_TRENAME: case P9_TRENAMEAT: case P9_TUNLINKAT: case P9_TREMOVE:
+        return TRUE;
+    default:
+        return FALSE;
+    }
+}
+
 static void handle_version(FsdConn *c, const P9Fcall *in)
 {
     P9Fcall out = { .type = P9_RVERSION, .tag = in->tag };
@@ -560,7 +581,10 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
             g_atomic_int_inc(&c->ref);
             r->conn = c;
             g_mutex_unlock(&c->lock);
-            g_thread_pool_push(c->e->pool, r, NULL);
+            if (g_atomic_int_get(&c->run_inline) && is_quick(r->in.type))
+                worker(r, c->e);
+            else
+                g_thread_pool_push(c->e->pool, r, NULL);
             return;
         }
     }

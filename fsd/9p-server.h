@@ -57,6 +57,7 @@ struct FsdConn {
     GCond idle;             /* running fell to 0 */
     guint8 *mem;            /* the guest's RAM (a VM's connection only), set before the first message */
     guint64 mem_size;
+    gint run_inline;        /* atomic: quick requests run on the receiving thread */
 };
 
 Fid *fsd_fid_new(guint32 num, guint32 uid, FsdNode *node);

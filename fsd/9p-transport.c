@@ -105,6 +105,20 @@ static gboolean uv_fail(GError **error, int rc, const char *what, const char *na
 
 /* ---- a connection ---- */
 
+/* A lone client's quick requests run on the loop (fsd_conn_set_run_inline);
+ * with several, a slow call for one must not hold up the others' reads. */
+static void update_run_inline(FsdServer *s)
+{
+    guint open = 0;
+    for (GList *l = s->clients; l; l = l->next)
+        open += ((Client *)l->data)->conn ? 1 : 0;
+    for (GList *l = s->clients; l; l = l->next) {
+        Client *cl = l->data;
+        if (cl->conn)
+            fsd_conn_set_run_inline(cl->conn, open == 1);
+    }
+}
+
 static void maybe_free_server(FsdServer *s)
 {
     if (s->shutting_down && !s->clients && !s->listeners)
@@ -139,6 +153,7 @@ static void client_close(Client *cl)
     cl->fd = -1;
     g_mutex_unlock(&cl->out_lock);
     cl->conn = NULL;
+    update_run_inline(cl->server);
     uv_close(&cl->s.handle, client_handle_closed);
     uv_close((uv_handle_t *)&cl->wake, client_handle_closed);
 }
@@ -412,6 +427,7 @@ static gboolean client_start(FsdServer *s, Client *cl, guint8 *mem, guint64 mem_
     cl->conn = fsd_conn_new(s->e, client_send, cl);
     fsd_conn_set_guest_memory(cl->conn, mem, mem_size);
     s->clients = g_list_prepend(s->clients, cl);
+    update_run_inline(s);
     int rc = uv_read_start(&cl->s.stream, on_alloc, on_read);
     if (rc < 0) {
         client_close(cl);

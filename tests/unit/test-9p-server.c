@@ -7,11 +7,13 @@
 #include "common/splice.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <string.h>
 
 typedef struct {
     GAsyncQueue *replies;   /* GBytes */
+    GThread *sender;        /* the thread that sent the last reply */
 } Sink;
 
 static void sink_send(FsdConn *c, const struct iovec *iov, unsigned niov, VmmSplicePipe *pipe, gsize piped,
@@ -26,6 +28,7 @@ static void sink_send(FsdConn *c, const struct iovec *iov, unsigned niov, VmmSpl
         g_byte_array_set_size(b, at + (guint)piped);
         g_assert_true(vmm_splice_pipe_read(pipe, b->data + at, piped));
     }
+    s->sender = g_thread_self();
     g_async_queue_push(s->replies, g_byte_array_free_to_bytes(b));
 }
 
@@ -165,6 +168,41 @@ static void test_many_in_flight(void)
     g_assert_cmpint(call(&f, &fl, &r), ==, 0);
     g_assert_cmpuint(r.type, ==, P9_RFLUSH);
     p9_fcall_clear(&r);
+    fixture_teardown(&f);
+}
+
+/* The thread that answered M, which must succeed. */
+static GThread *answered_by(Fixture *f, P9Fcall *m)
+{
+    P9Fcall r;
+    g_assert_cmpint(call(f, m, &r), ==, 0);
+    p9_fcall_clear(&r);
+    return f->sink.sender;
+}
+
+/* Quick requests of a connection told so run on the caller's thread, the
+ * rest on the pool; without it everything goes to the pool. */
+static void test_run_inline(void)
+{
+    Fixture f;
+    fixture_setup(&f, "passthrough");
+    start(&f);
+    GThread *self = g_thread_self();
+    fsd_conn_set_run_inline(f.c, TRUE);
+    P9Fcall ga = { .type = P9_TGETATTR, .tag = 2, .fid = 0, .mask = P9_GETATTR_BASIC };
+    g_assert_true(answered_by(&f, &ga) == self);
+    P9Fcall mk = { .type = P9_TMKDIR, .tag = 3, .fid = 0, .name = (char *)"d", .mode = 0755 };
+    g_assert_true(answered_by(&f, &mk) == self);
+    P9Fcall w = { .type = P9_TWALK, .tag = 4, .fid = 0, .fid2 = 1, .nwname = 1, .wnames = { (char *)"d" } };
+    g_assert_true(answered_by(&f, &w) == self);
+    P9Fcall op = { .type = P9_TLOPEN, .tag = 5, .fid = 1, .mode = O_RDONLY };
+    g_assert_true(answered_by(&f, &op) != self);
+    P9Fcall rd = { .type = P9_TREADDIR, .tag = 6, .fid = 1, .offset = 0, .count = 4096 };
+    g_assert_true(answered_by(&f, &rd) != self);
+    P9Fcall cl = { .type = P9_TCLUNK, .tag = 7, .fid = 1 };
+    g_assert_true(answered_by(&f, &cl) == self);
+    fsd_conn_set_run_inline(f.c, FALSE);
+    g_assert_true(answered_by(&f, &ga) != self);
     fixture_teardown(&f);
 }
 
@@ -406,6 +444,7 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/9p-server/session", test_session);
     g_test_add_func("/9p-server/many-in-flight", test_many_in_flight);
+    g_test_add_func("/9p-server/run-inline", test_run_inline);
     g_test_add_func("/9p-server/read", test_read);
     g_test_add_func("/9p-server/read-spliced", test_read_spliced);
     g_test_add_func("/9p-server/guest-memory", test_guest_memory);

@@ -443,16 +443,30 @@ static void worker(gpointer data, gpointer user)
     p9_fcall_clear(&out);
 }
 
-/* Requests that only look up or change names and attributes in the
- * directory tree: on a local filesystem each is a few syscalls that do not
- * wait for anything but the disk's metadata. */
-static gboolean is_quick(guint8 type)
+/* Data requests up to this size are quick (a few pages of page cache). */
+#define QUICK_IO_MAX (64u * 1024)
+
+/* Requests that cannot wait for anything but the disk and are bounded in
+ * size: names and attributes, locks (fsd never waits for one: F_OFD_SETLK),
+ * xattrs (64 KiB at most), opens without O_TRUNC (a fifo's is non-blocking)
+ * and small reads and writes. Not quick: fsync, readdir (up to msize of
+ * entries), a truncate, a big read or write, and any I/O that throttling or
+ * writeout=immediate may make wait. */
+static gboolean is_quick(FsdConn *c, const Req *r)
 {
-    switch (type) {
+    const P9Fcall *in = &r->in;
+    switch (in->type) {
     case P9_TWALK: case P9_TGETATTR: case P9_TCLUNK: case P9_TSTATFS: case P9_TREADLINK:
     case P9_TLCREATE: case P9_TMKDIR: case P9_TMKNOD: case P9_TSYMLINK: case P9_TLINK:
     case P9_TRENAME: case P9_TRENAMEAT: case P9_TUNLINKAT: case P9_TREMOVE:
+    case P9_TLOCK: case P9_TGETLOCK: case P9_TXATTRWALK: case P9_TXATTRCREATE:
         return TRUE;
+    case P9_TLOPEN:
+        return !(in->flags & P9_DOTL_TRUNC);
+    case P9_TSETATTR:
+        return !(in->setattr.valid & P9_ATTR_SIZE);
+    case P9_TREAD: case P9_TWRITE: case P9_TREAD_VMM: case P9_TWRITE_VMM:
+        return !c->e->throttle && !c->e->cfg.writeout_immediate && data_bytes(r, c->msize) <= QUICK_IO_MAX;
     default:
         return FALSE;
     }
@@ -581,7 +595,7 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
             g_atomic_int_inc(&c->ref);
             r->conn = c;
             g_mutex_unlock(&c->lock);
-            if (g_atomic_int_get(&c->run_inline) && is_quick(r->in.type))
+            if (g_atomic_int_get(&c->run_inline) && is_quick(c, r))
                 worker(r, c->e);
             else
                 g_thread_pool_push(c->e->pool, r, NULL);

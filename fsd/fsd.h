@@ -87,17 +87,17 @@ FsdConn *fsd_conn_new(FsdExport *e, FsdSendFunc send, gpointer user);
  * connection: Tread.vmm and Twrite.vmm (proto/9p.h) then move data straight
  * between files and guest memory. Call before the first message. */
 void fsd_conn_set_guest_memory(FsdConn *c, guint8 *base, guint64 size);
-/* With ON, a quick request (walk, getattr, clunk, statfs, readlink and the
- * namespace changes: lcreate, mkdir, mknod, symlink, link, rename, renameat,
- * unlinkat, remove) runs on the thread that hands it in, before
+/* With ON, a quick request runs on the thread that hands it in, before
  * fsd_conn_receive*() returns, instead of going through the worker pool:
  * it saves the pool's handoff (a futex wake, a context switch and the
  * worker's timed wait), which under virtualisation is a good part of such
- * a request's cost. The transport turns it on while this is its only
- * connection, so that a slow filesystem call of one client never holds up
- * another's. Reads, writes, opens, fsync, readdir, setattr, locks and
- * xattrs always go to the pool: they can wait (throttling, a FIFO's open, a
- * truncate, a flush of dirty data) or be big. Off by default. */
+ * a request's cost. Quick: walk, getattr, clunk, statfs, readlink, the
+ * namespace changes, locks, xattrs, setattr and lopen without a truncate,
+ * and reads and writes of up to 64 KiB when neither throttling nor
+ * writeout=immediate can make them wait. fsync, readdir, truncates and
+ * bigger I/O always go to the pool. The transport turns it on while this
+ * is its only connection, so that a slow filesystem call of one client
+ * never holds up another's. Off by default. */
 void fsd_conn_set_run_inline(FsdConn *c, gboolean on);
 /* Largest message this connection accepts now (msize once negotiated). */
 guint32 fsd_conn_msize(FsdConn *c);

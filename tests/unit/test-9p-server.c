@@ -195,12 +195,36 @@ static void test_run_inline(void)
     g_assert_true(answered_by(&f, &mk) == self);
     P9Fcall w = { .type = P9_TWALK, .tag = 4, .fid = 0, .fid2 = 1, .nwname = 1, .wnames = { (char *)"d" } };
     g_assert_true(answered_by(&f, &w) == self);
-    P9Fcall op = { .type = P9_TLOPEN, .tag = 5, .fid = 1, .mode = O_RDONLY };
-    g_assert_true(answered_by(&f, &op) != self);
+    P9Fcall op = { .type = P9_TLOPEN, .tag = 5, .fid = 1, .flags = P9_DOTL_RDONLY };
+    g_assert_true(answered_by(&f, &op) == self);
     P9Fcall rd = { .type = P9_TREADDIR, .tag = 6, .fid = 1, .offset = 0, .count = 4096 };
     g_assert_true(answered_by(&f, &rd) != self);
     P9Fcall cl = { .type = P9_TCLUNK, .tag = 7, .fid = 1 };
     g_assert_true(answered_by(&f, &cl) == self);
+
+    /* A file: small I/O is quick, big I/O and a truncating open are not. */
+    g_autofree char *path = g_build_filename(f.dir, "file", NULL);
+    g_autofree guint8 *big = g_malloc0(256 * 1024);
+    g_assert_true(g_file_set_contents(path, (const char *)big, 256 * 1024, NULL));
+    P9Fcall wf = { .type = P9_TWALK, .tag = 8, .fid = 0, .fid2 = 2, .nwname = 1, .wnames = { (char *)"file" } };
+    g_assert_true(answered_by(&f, &wf) == self);
+    P9Fcall ot = { .type = P9_TLOPEN, .tag = 9, .fid = 2, .flags = P9_DOTL_RDWR | P9_DOTL_TRUNC };
+    g_assert_true(answered_by(&f, &ot) != self);
+    P9Fcall wr = { .type = P9_TWRITE, .tag = 10, .fid = 2, .offset = 0, .count = 4096, .data = big };
+    g_assert_true(answered_by(&f, &wr) == self);
+    P9Fcall wb = { .type = P9_TWRITE, .tag = 11, .fid = 2, .offset = 0, .count = 256 * 1024, .data = big };
+    g_assert_true(answered_by(&f, &wb) != self);
+    P9Fcall rs = { .type = P9_TREAD, .tag = 12, .fid = 2, .offset = 0, .count = 64 * 1024 };
+    g_assert_true(answered_by(&f, &rs) == self);
+    P9Fcall rb = { .type = P9_TREAD, .tag = 13, .fid = 2, .offset = 0, .count = 128 * 1024 };
+    g_assert_true(answered_by(&f, &rb) != self);
+    P9Fcall tr = { .type = P9_TSETATTR, .tag = 14, .fid = 2, .setattr = { .valid = P9_ATTR_SIZE, .size = 1 } };
+    g_assert_true(answered_by(&f, &tr) != self);
+    P9Fcall ch = { .type = P9_TSETATTR, .tag = 15, .fid = 2, .setattr = { .valid = P9_ATTR_MODE, .mode = 0600 } };
+    g_assert_true(answered_by(&f, &ch) == self);
+    P9Fcall fs = { .type = P9_TFSYNC, .tag = 16, .fid = 2 };
+    g_assert_true(answered_by(&f, &fs) != self);
+
     fsd_conn_set_run_inline(f.c, FALSE);
     g_assert_true(answered_by(&f, &ga) != self);
     fixture_teardown(&f);

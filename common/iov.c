@@ -33,7 +33,9 @@ size_t vmm_iov_size(const struct iovec *iov, unsigned n)
     return total;
 }
 
-size_t vmm_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf, size_t len)
+/* The one copy loop of both directions (TO_IOV: from BUF into the pieces). */
+static size_t iov_copy(const struct iovec *iov, unsigned n, size_t offset, uint8_t *buf, size_t len,
+                       gboolean to_iov)
 {
     size_t done = 0;
     for (unsigned i = 0; i < n && done < len; i++) {
@@ -42,28 +44,26 @@ size_t vmm_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *
             continue;
         }
         size_t chunk = MIN(iov[i].iov_len - offset, len - done);
-        memcpy((uint8_t *)buf + done, (uint8_t *)iov[i].iov_base + offset, chunk);
+        uint8_t *piece = (uint8_t *)iov[i].iov_base + offset;
+        if (to_iov)
+            memcpy(piece, buf + done, chunk);
+        else
+            memcpy(buf + done, piece, chunk);
         done += chunk;
         offset = 0;
     }
     return done;
 }
 
+size_t vmm_iov_to_buf(const struct iovec *iov, unsigned n, size_t offset, void *buf, size_t len)
+{
+    return iov_copy(iov, n, offset, buf, len, FALSE);
+}
+
 size_t vmm_iov_from_buf(const struct iovec *iov, unsigned n, size_t offset, const void *buf,
                         size_t len)
 {
-    size_t done = 0;
-    for (unsigned i = 0; i < n && done < len; i++) {
-        if (offset >= iov[i].iov_len) {
-            offset -= iov[i].iov_len;
-            continue;
-        }
-        size_t chunk = MIN(iov[i].iov_len - offset, len - done);
-        memcpy((uint8_t *)iov[i].iov_base + offset, (const uint8_t *)buf + done, chunk);
-        done += chunk;
-        offset = 0;
-    }
-    return done;
+    return iov_copy(iov, n, offset, (uint8_t *)buf, len, TRUE);
 }
 
 unsigned vmm_iov_slice(const struct iovec *iov, unsigned n, size_t offset, size_t len,

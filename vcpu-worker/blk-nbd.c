@@ -532,26 +532,6 @@ static void req_free(NbdReq *r)
     g_free(r);
 }
 
-/* The piece [START, START + LEN) of IOV as a new iovec array. */
-static struct iovec *slice_iov(const struct iovec *iov, unsigned niov, guint64 start, guint64 len,
-                               unsigned *out_n)
-{
-    struct iovec *out = g_new(struct iovec, niov);
-    unsigned n = 0;
-    for (unsigned i = 0; i < niov && len > 0; i++) {
-        if (start >= iov[i].iov_len) {
-            start -= iov[i].iov_len;
-            continue;
-        }
-        gsize take = MIN(iov[i].iov_len - start, len);
-        out[n++] = (struct iovec){ (char *)iov[i].iov_base + start, take };
-        len -= take;
-        start = 0;
-    }
-    *out_n = n;
-    return out;
-}
-
 static void finish_parent(VmmBlkNbd *c, Parent *p, int ret)
 {
     if (ret < 0)
@@ -580,7 +560,8 @@ static void submit_rw(VmmBlkNbd *c, guint16 type, guint64 offset, const struct i
     for (guint i = 0; i < pieces; i++) {
         guint64 start = (guint64)i * max, len = MIN(max, total - start);
         NbdReq *r = req_new(p, type, 0, offset + start, (guint32)len);
-        r->iov = slice_iov(iov, niov, start, len, &r->niov);
+        r->iov = g_new(struct iovec, niov);
+        r->niov = vmm_iov_slice(iov, niov, start, len, r->iov, niov);
         g_ptr_array_add(reqs, r);
     }
     /* All pieces exist before the first can complete and free the parent. */

@@ -55,6 +55,10 @@ typedef struct {
 /* The node's attributes as the guest sees them (lstat + the model's
  * overlay). -errno. */
 int fsd_model_stat(FsdExport *e, FsdNode *n, struct stat *st);
+/* The file type (S_IFMT bits) the guest sees for the node: the host's,
+ * which the node knows, except where a mapped model keeps another in its
+ * metadata (a guest symlink or device stored as a regular file). -errno. */
+int fsd_model_type(FsdExport *e, FsdNode *n, mode_t *type);
 /* Stats DIRFD/NAME the same way (readdir entries, new objects). */
 int fsd_model_statat(FsdExport *e, int dirfd, const char *name, struct stat *st);
 /* After creating DIRFD/NAME: the creds the guest asked for. -errno; the
@@ -78,6 +82,8 @@ GByteArray *fsd_model_xattr_list(FsdExport *e, const char *list, gsize len);
 
 /* model-mapped-xattr.c */
 void fsd_mx_overlay(const char *path, gboolean follow, struct stat *st);
+/* The stored mode's file type, or HOST_TYPE when none is stored. */
+mode_t fsd_mx_type(const char *path, mode_t host_type);
 int fsd_mx_store(const char *path, gboolean follow, const FsdCred *cred);
 /* model-mapped-file.c */
 #define FSD_MF_META_DIR ".virtfs_metadata"

@@ -33,6 +33,14 @@ void fsd_mx_overlay(const char *path, gboolean follow, struct stat *st)
         st->st_rdev = GUINT64_FROM_LE(v64);
 }
 
+mode_t fsd_mx_type(const char *path, mode_t host_type)
+{
+    guint32 v32;
+    if (getxattr(path, "user.virtfs.mode", &v32, sizeof(v32)) == sizeof(v32))
+        return GUINT32_FROM_LE(v32) & S_IFMT;
+    return host_type;
+}
+
 int fsd_mx_store(const char *path, gboolean follow, const FsdCred *cred)
 {
     int rc = 0;

@@ -78,6 +78,25 @@ int fsd_model_stat(FsdExport *e, FsdNode *n, struct stat *st)
     return 0;
 }
 
+int fsd_model_type(FsdExport *e, FsdNode *n, mode_t *type)
+{
+    if (!fsd_model_is_mapped(e->cfg.model) || n->host_type != S_IFREG) {
+        *type = n->host_type;
+        return 0;
+    }
+    if (e->cfg.model == FSD_SM_MAPPED_XATTR) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", n->fd);
+        *type = fsd_mx_type(path, n->host_type);
+        return 0;
+    }
+    struct stat st;
+    int rc = fsd_model_stat(e, n, &st);
+    if (rc == 0)
+        *type = st.st_mode & S_IFMT;
+    return rc;
+}
+
 int fsd_model_statat(FsdExport *e, int dirfd, const char *name, struct stat *st)
 {
     if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)

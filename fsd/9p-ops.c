@@ -246,10 +246,11 @@ static FsdCred new_cred(Fid *fid, guint32 gid, guint32 mode)
     return (FsdCred){ fid->uid, gid, mode, FSD_RDEV_UNSET };
 }
 
-/* Credentials on a new DIRFD/NAME; on failure the object goes again. */
-static int finish_create(FsdExport *e, int dirfd, const char *name, const FsdCred *cred, gboolean is_dir)
+/* Credentials on a new DIRFD/NAME (open as FD, or -1); on failure the
+ * object goes again. */
+static int finish_create(FsdExport *e, int dirfd, const char *name, int fd, const FsdCred *cred, gboolean is_dir)
 {
-    int rc = fsd_model_post_create(e, dirfd, name, cred);
+    int rc = fsd_model_post_create(e, dirfd, name, fd, cred);
     if (rc < 0) {
         int keep = errno;
         unlinkat(dirfd, name, is_dir ? AT_REMOVEDIR : 0);
@@ -282,7 +283,7 @@ static int op_lcreate(FsdConn *c, P9Fcall *in, P9Fcall *out)
         return -errno;
     if (created) {
         FsdCred cred = new_cred(fid, in->gid, mapped ? ((in->mode & 07777) | S_IFREG) : (in->mode & 07777));
-        rc = finish_create(e, dir->fd, in->name, &cred, FALSE);
+        rc = finish_create(e, dir->fd, in->name, fd, &cred, FALSE);
     } else if (flags & O_TRUNC) {
         rc = ftruncate(fd, 0) < 0 ? -errno : 0;
     }
@@ -327,7 +328,7 @@ static int op_mkdir(FsdConn *c, P9Fcall *in, P9Fcall *out)
     if (mkdirat(dir->fd, in->name, mapped ? e->cfg.dmode : (in->mode & 07777)) < 0)
         return -errno;
     FsdCred cred = new_cred(fid, in->gid, mapped ? ((in->mode & 07777) | S_IFDIR) : (in->mode & 07777));
-    rc = finish_create(e, dir->fd, in->name, &cred, TRUE);
+    rc = finish_create(e, dir->fd, in->name, -1, &cred, TRUE);
     return rc < 0 ? rc : qid_at(e, dir->fd, in->name, &out->qid);
 }
 
@@ -356,7 +357,7 @@ static int op_mknod(FsdConn *c, P9Fcall *in, P9Fcall *out)
     } else if (mknodat(dir->fd, in->name, in->mode, rdev) < 0) {
         return -errno;
     }
-    rc = finish_create(e, dir->fd, in->name, &cred, FALSE);
+    rc = finish_create(e, dir->fd, in->name, -1, &cred, FALSE);
     return rc < 0 ? rc : qid_at(e, dir->fd, in->name, &out->qid);
 }
 
@@ -401,7 +402,7 @@ static int op_symlink(FsdConn *c, P9Fcall *in, P9Fcall *out)
     } else if (symlinkat(in->name2, dir->fd, in->name) < 0) {
         return -errno;
     }
-    rc = finish_create(e, dir->fd, in->name, &cred, FALSE);
+    rc = finish_create(e, dir->fd, in->name, -1, &cred, FALSE);
     return rc < 0 ? rc : qid_at(e, dir->fd, in->name, &out->qid);
 }
 

@@ -61,9 +61,10 @@ int fsd_model_stat(FsdExport *e, FsdNode *n, struct stat *st);
 int fsd_model_type(FsdExport *e, FsdNode *n, mode_t *type);
 /* Stats DIRFD/NAME the same way (readdir entries, new objects). */
 int fsd_model_statat(FsdExport *e, int dirfd, const char *name, struct stat *st);
-/* After creating DIRFD/NAME: the creds the guest asked for. -errno; the
- * caller removes the object on failure. */
-int fsd_model_post_create(FsdExport *e, int dirfd, const char *name, const FsdCred *cred);
+/* After creating DIRFD/NAME: the creds the guest asked for. FD: the new
+ * object open (not O_PATH), which then takes them directly, or -1. -errno;
+ * the caller removes the object on failure. */
+int fsd_model_post_create(FsdExport *e, int dirfd, const char *name, int fd, const FsdCred *cred);
 int fsd_model_chmod(FsdExport *e, FsdNode *n, mode_t mode);
 int fsd_model_chown(FsdExport *e, FsdNode *n, guint32 uid, guint32 gid);
 /* Names the guest never sees (mapped-file's metadata). */
@@ -85,6 +86,7 @@ void fsd_mx_overlay(const char *path, gboolean follow, struct stat *st);
 /* The stored mode's file type, or HOST_TYPE when none is stored. */
 mode_t fsd_mx_type(const char *path, mode_t host_type);
 int fsd_mx_store(const char *path, gboolean follow, const FsdCred *cred);
+int fsd_mx_store_fd(int fd, const FsdCred *cred);
 /* model-mapped-file.c */
 #define FSD_MF_META_DIR ".virtfs_metadata"
 #define FSD_MF_META_ROOT ".virtfs_metadata_root"
@@ -96,6 +98,7 @@ int fsd_mf_before_unlink(int dirfd, const char *name, gboolean is_dir);
 void fsd_mf_after_unlink(int dirfd, const char *name);
 /* model-passthrough.c (passthrough and none) */
 int fsd_pt_set_cred(FsdExport *e, int dirfd, const char *name, const FsdCred *cred);
+int fsd_pt_set_cred_fd(FsdExport *e, int fd, const FsdCred *cred);
 
 static inline gboolean fsd_model_is_mapped(FsdModel m)
 {

@@ -13,9 +13,18 @@ static ssize_t get_attr(const char *path, gboolean follow, const char *name, voi
     return follow ? getxattr(path, name, v, n) : lgetxattr(path, name, v, n);
 }
 
-static int set_attr(const char *path, gboolean follow, const char *name, const void *v, gsize n)
+/* Where metadata is written: an open descriptor of the object (FD >= 0) or
+ * a path, followed or not. */
+typedef struct {
+    int fd;
+    const char *path;
+    gboolean follow;
+} Target;
+
+static int set_attr(const Target *t, const char *name, const void *v, gsize n)
 {
-    int rc = follow ? setxattr(path, name, v, n, 0) : lsetxattr(path, name, v, n, 0);
+    int rc = t->fd >= 0 ? fsetxattr(t->fd, name, v, n, 0)
+             : t->follow ? setxattr(t->path, name, v, n, 0) : lsetxattr(t->path, name, v, n, 0);
     return rc < 0 ? -errno : 0;
 }
 
@@ -41,24 +50,34 @@ mode_t fsd_mx_type(const char *path, mode_t host_type)
     return host_type;
 }
 
-int fsd_mx_store(const char *path, gboolean follow, const FsdCred *cred)
+static int store(const Target *t, const FsdCred *cred)
 {
     int rc = 0;
     if (cred->uid != FSD_CRED_UNSET) {
         guint32 v = GUINT32_TO_LE(cred->uid);
-        rc = set_attr(path, follow, "user.virtfs.uid", &v, sizeof(v));
+        rc = set_attr(t, "user.virtfs.uid", &v, sizeof(v));
     }
     if (rc == 0 && cred->gid != FSD_CRED_UNSET) {
         guint32 v = GUINT32_TO_LE(cred->gid);
-        rc = set_attr(path, follow, "user.virtfs.gid", &v, sizeof(v));
+        rc = set_attr(t, "user.virtfs.gid", &v, sizeof(v));
     }
     if (rc == 0 && cred->mode != FSD_CRED_UNSET) {
         guint32 v = GUINT32_TO_LE(cred->mode);
-        rc = set_attr(path, follow, "user.virtfs.mode", &v, sizeof(v));
+        rc = set_attr(t, "user.virtfs.mode", &v, sizeof(v));
     }
     if (rc == 0 && cred->rdev != FSD_RDEV_UNSET) {
         guint64 v = GUINT64_TO_LE(cred->rdev);
-        rc = set_attr(path, follow, "user.virtfs.rdev", &v, sizeof(v));
+        rc = set_attr(t, "user.virtfs.rdev", &v, sizeof(v));
     }
     return rc;
+}
+
+int fsd_mx_store(const char *path, gboolean follow, const FsdCred *cred)
+{
+    return store(&(Target){ .fd = -1, .path = path, .follow = follow }, cred);
+}
+
+int fsd_mx_store_fd(int fd, const FsdCred *cred)
+{
+    return store(&(Target){ .fd = fd }, cred);
 }

@@ -34,3 +34,15 @@ int fsd_pt_set_cred(FsdExport *e, int dirfd, const char *name, const FsdCred *cr
     close(fd);
     return rc;
 }
+
+/* The new object is open as FD: ownership and mode go to exactly it, with no
+ * name to resolve again. The chmod comes after the chown, which clears the
+ * set-id bits, and sets what the umask took off at the create. */
+int fsd_pt_set_cred_fd(FsdExport *e, int fd, const FsdCred *cred)
+{
+    if (fchown(fd, cred->uid, cred->gid) < 0 && e->cfg.model != FSD_SM_NONE)
+        return -errno;
+    if (cred->mode == FSD_CRED_UNSET)
+        return 0;
+    return fchmod(fd, cred->mode & 07777) < 0 ? -errno : 0;
+}

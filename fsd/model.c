@@ -105,10 +105,12 @@ int fsd_model_statat(FsdExport *e, int dirfd, const char *name, struct stat *st)
     return 0;
 }
 
-int fsd_model_post_create(FsdExport *e, int dirfd, const char *name, const FsdCred *cred)
+int fsd_model_post_create(FsdExport *e, int dirfd, const char *name, int fd, const FsdCred *cred)
 {
     switch (e->cfg.model) {
     case FSD_SM_MAPPED_XATTR: {
+        if (fd >= 0)
+            return fsd_mx_store_fd(fd, cred);
         char path[PATH_MAX + 64];
         proc_path_at(dirfd, name, path, sizeof(path));
         return fsd_mx_store(path, FALSE, cred);
@@ -119,7 +121,7 @@ int fsd_model_post_create(FsdExport *e, int dirfd, const char *name, const FsdCr
     case FSD_SM_NONE:
         break;
     }
-    return fsd_pt_set_cred(e, dirfd, name, cred);
+    return fd >= 0 ? fsd_pt_set_cred_fd(e, fd, cred) : fsd_pt_set_cred(e, dirfd, name, cred);
 }
 
 int fsd_model_chmod(FsdExport *e, FsdNode *n, mode_t mode)

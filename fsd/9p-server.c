@@ -449,10 +449,13 @@ static void worker(gpointer data, gpointer user)
 /* Requests that cannot wait for anything but the disk and are bounded in
  * size: names and attributes, locks (fsd never waits for one: F_OFD_SETLK),
  * xattrs (64 KiB at most), opens without O_TRUNC (a fifo's is non-blocking)
- * and small reads and writes. Not quick: fsync, readdir (up to msize of
- * entries), a truncate, a big read or write, and any I/O that throttling or
- * writeout=immediate may make wait. */
-static gboolean is_quick(FsdConn *c, const Req *r)
+ * and small reads and writes; a big read or write too when it is the only
+ * request in flight (ALONE), so that sequential I/O costs no handoff while
+ * a request that comes during it waits at most for that one. Not quick:
+ * fsync, readdir (up to msize of entries), a truncate, a big read or write
+ * beside others, and any I/O that throttling or writeout=immediate may make
+ * wait. */
+static gboolean is_quick(FsdConn *c, const Req *r, gboolean alone)
 {
     const P9Fcall *in = &r->in;
     switch (in->type) {
@@ -466,7 +469,8 @@ static gboolean is_quick(FsdConn *c, const Req *r)
     case P9_TSETATTR:
         return !(in->setattr.valid & P9_ATTR_SIZE);
     case P9_TREAD: case P9_TWRITE: case P9_TREAD_VMM: case P9_TWRITE_VMM:
-        return !c->e->throttle && !c->e->cfg.writeout_immediate && data_bytes(r, c->msize) <= QUICK_IO_MAX;
+        return !c->e->throttle && !c->e->cfg.writeout_immediate &&
+               (alone || data_bytes(r, c->msize) <= QUICK_IO_MAX);
     default:
         return FALSE;
     }
@@ -591,11 +595,12 @@ void fsd_conn_receive_take(FsdConn *c, guint8 *msg, gsize len)
             g_mutex_unlock(&c->lock);
         } else {
             g_hash_table_insert(c->pending, GUINT_TO_POINTER(r->tag), r);
+            gboolean alone = g_hash_table_size(c->pending) == 1;
             r->generation = c->generation;
             g_atomic_int_inc(&c->ref);
             r->conn = c;
             g_mutex_unlock(&c->lock);
-            if (g_atomic_int_get(&c->run_inline) && is_quick(c, r))
+            if (g_atomic_int_get(&c->run_inline) && is_quick(c, r, alone))
                 worker(r, c->e);
             else
                 g_thread_pool_push(c->e->pool, r, NULL);

@@ -346,7 +346,9 @@ static void req_finish(Req *r, P9Fcall *reply)
 {
     FsdConn *c = r->conn;
     g_mutex_lock(&c->lock);
-    if (r->started && --c->running == 0)
+    /* A broadcast is a system call even with nobody waiting: only for a
+     * Tversion that waits for the running requests. */
+    if (r->started && --c->running == 0 && c->idle_waiters)
         g_cond_broadcast(&c->idle);
     if (g_hash_table_lookup(c->pending, GUINT_TO_POINTER(r->tag)) == r)
         g_hash_table_remove(c->pending, GUINT_TO_POINTER(r->tag));
@@ -488,8 +490,10 @@ static void handle_version(FsdConn *c, const P9Fcall *in)
     /* Requests already running finish first: their replies are dropped, but
      * a Tread.vmm may still be writing into guest RAM, whose buffers the
      * client takes back when the Rversion comes (QEMU drains likewise). */
+    c->idle_waiters++;
     while (c->running > 0)
         g_cond_wait(&c->idle, &c->lock);
+    c->idle_waiters--;
     /* A new session: what the old one had is gone (9P's version rule). */
     conn_reset_locked(c);
     c->msize = MIN(in->msize, c->e->cfg.max_msize);

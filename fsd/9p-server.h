@@ -55,6 +55,7 @@ struct FsdConn {
     gboolean closed;
     guint running;          /* requests started and not finished (lock) */
     GCond idle;             /* running fell to 0 */
+    guint idle_waiters;     /* threads waiting on IDLE (lock) */
     guint8 *mem;            /* the guest's RAM (a VM's connection only), set before the first message */
     guint64 mem_size;
     gint run_inline;        /* atomic: quick requests run on the receiving thread */

@@ -61,6 +61,7 @@ typedef struct {
 struct VmmVirtio9p {
     GMutex lock;
     GCond idle;
+    unsigned idle_waiters;    /* a reset waiting on IDLE (lock) */
     GMutex send_lock;
     VmmSplicePipe *pipe;      /* large messages by reference (send_lock) */
     bool no_splice;           /* vmsplice failed other than by the connection: copies */
@@ -97,6 +98,14 @@ static guint32 get_le32(const guint8 *b) { guint32 v; memcpy(&v, b, 4); return G
 static VmmVirtqueue *queue(VmmVirtio9p *p)
 {
     return vmm_virtio_mmio_queue(p->transport, 0);
+}
+
+/* Called with p->lock held. A broadcast is a system call even with nobody
+ * waiting, and the reader would make one per reply. */
+static void wake_idle_locked(VmmVirtio9p *p)
+{
+    if (p->idle_waiters)
+        g_cond_broadcast(&p->idle);
 }
 
 static void req_free(Req *r)
@@ -178,7 +187,7 @@ static void connection_lost(VmmVirtio9p *p, guint gen, const char *reason)
     }
     p->connected = false;
     unsigned failed = fail_all_locked(p, &notify);
-    g_cond_broadcast(&p->idle);   /* a reset waiting for reads in guest memory */
+    wake_idle_locked(p);   /* a reset waiting for reads in guest memory */
     p->stale = p->had_session;
     int fd = p->fd;
     VmmVirtio9pLostFn lost = p->quiet ? NULL : p->lost;
@@ -681,7 +690,7 @@ static gboolean reader_step(VmmVirtio9p *p, int fd, guint gen, char **why)
 
     g_mutex_lock(&p->lock);
     p->receiving = NULL;
-    g_cond_broadcast(&p->idle);
+    wake_idle_locked(p);
     bool notify = false;
     if (r) {
         /* A reply bigger than the guest's buffers (msize not respected) is an I/O error. */
@@ -841,6 +850,7 @@ static void p9_quiesce(void *dev)
     VmmVirtio9p *p = dev;
     gint64 deadline = g_get_monotonic_time() + RESET_WAIT_US;
     g_mutex_lock(&p->lock);
+    p->idle_waiters++;
     while (in_guest_pending_locked(p) && p->connected) {
         if (!g_cond_wait_until(&p->idle, &p->lock, deadline)) {
             vmm_warn("virtio-9p '%s': reset: fsd did not finish its I/O in guest memory in %d s; "
@@ -850,6 +860,7 @@ static void p9_quiesce(void *dev)
             break;
         }
     }
+    p->idle_waiters--;
     g_mutex_unlock(&p->lock);
 }
 
@@ -857,8 +868,10 @@ static void p9_quiesce(void *dev)
 static void p9_reset(void *dev)
 {
     VmmVirtio9p *p = dev;
+    p->idle_waiters++;
     while (p->receiving)
         g_cond_wait(&p->idle, &p->lock);
+    p->idle_waiters--;
     /* The driver forgot its requests; their wire tags stay taken until the
      * server's replies come and are thrown away. */
     GHashTableIter it;

@@ -161,6 +161,19 @@ agent_loop() {
     log "agent stopping"
 }
 
+# For rig-run.sh: a count rewritten every ~2 s while the one job runs, as
+# the agent loop does for rig-job.sh (docs/rig.md: a frozen L1 stops it).
+start_heartbeat() {
+    (
+        beat=0
+        while :; do
+            beat=$((beat + 1))
+            echo "$beat" > /rig/heartbeat
+            sleep 2
+        done
+    ) &
+}
+
 main() {
     log "L1 up, kernel $(uname -r)"
     load_modules
@@ -170,7 +183,7 @@ main() {
     start_kvm_keeper
     echo "$(cut -d' ' -f1 /proc/uptime)" > /rig/booted
     case "${RIG_MODE:-run}" in
-        run) run_job /rig/run ;;
+        run) start_heartbeat; run_job /rig/run ;;
         agent) agent_loop ;;
         *) fail "unknown RIG_MODE '$RIG_MODE'" ;;
     esac

@@ -7,7 +7,8 @@
 # streams its output here and exits with its exit status.
 #
 # Exit status: COMMAND's, or 77 prerequisite missing (SKIP), 124 timeout,
-# 125 L1 did not come up or died before COMMAND finished.
+# 125 L1 did not come up, died or froze (no heartbeat for
+# VMM_RIG_HEARTBEAT_LIMIT s, default 120) before COMMAND finished.
 set -uo pipefail
 
 RIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,7 +20,7 @@ ENVS=()
 SHARES=("$RIG_SRC_ROOT")
 KEEP=0
 
-usage() { sed -n '2,11p' "$0" >&2; exit 2; }
+usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -72,6 +73,23 @@ QEMU_PID=$!
 tail -n +1 -F "$STATE/run/output" 2>/dev/null &
 TAIL_PID=$!
 
+# L1 rewrites $STATE/heartbeat every ~2 s while the command runs. A count
+# unchanged this long by the host's clock is an L1 whose timers stopped
+# (docs/rig.md): it is ended at once instead of at the timeout.
+HEARTBEAT_LIMIT=${VMM_RIG_HEARTBEAT_LIMIT:-120}
+BEAT="" BEAT_SEEN=$SECONDS NEXT_CHECK=0
+heartbeat_stopped() {
+    [ "$SECONDS" -ge "$NEXT_CHECK" ] || return 1
+    NEXT_CHECK=$((SECONDS + 5))
+    local now
+    now=$(cat "$STATE/heartbeat" 2>/dev/null)
+    if [ "$now" != "$BEAT" ]; then
+        BEAT=$now BEAT_SEEN=$SECONDS
+        return 1
+    fi
+    [ -n "$BEAT" ] && [ $((SECONDS - BEAT_SEEN)) -ge "$HEARTBEAT_LIMIT" ]
+}
+
 T_BOOTED=""
 now_ms() { date +%s%3N; }
 T0_MS=$(now_ms)
@@ -81,6 +99,12 @@ while kill -0 "$QEMU_PID" 2>/dev/null && [ ! -f "$STATE/run/rc" ]; do
         rig_log "timeout: command did not finish within ${TIMEOUT}s"
         rig_console_tail "$STATE"
         exit $RIG_EXIT_TIMEOUT
+    fi
+    if heartbeat_stopped; then
+        rig_log "L1 froze: its heartbeat stopped $((SECONDS - BEAT_SEEN)) s ago"
+        rig_dump_l1 "$STATE" "$STATE.cpus.txt"
+        rig_console_tail "$STATE"
+        exit $RIG_EXIT_L1_DOWN
     fi
     sleep 0.2
 done

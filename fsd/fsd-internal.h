@@ -41,6 +41,9 @@ FsdNode *fsd_node_moved(FsdNode *n, FsdNode *newdir, const char *newname);
 /* "/proc/self/fd/N" (or ".../N/NAME" for a symlink, with *FOLLOW FALSE):
  * a path for the calls that have no descriptor form for O_PATH fds. */
 void fsd_node_proc_path(const FsdNode *n, char *buf, gsize size, gboolean *follow);
+/* "/proc/self/fd/FD" in BUF: the same for a descriptor known not to be a symlink. */
+#define FSD_FD_PATH_MAX 32
+void fsd_fd_path(int fd, char buf[FSD_FD_PATH_MAX]);
 
 /* ---- security models (fsd/model-*.c) ---- */
 

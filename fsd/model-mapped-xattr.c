@@ -45,7 +45,7 @@ void fsd_mx_overlay(const char *path, gboolean follow, struct stat *st)
 mode_t fsd_mx_type(const char *path, mode_t host_type)
 {
     guint32 v32;
-    if (getxattr(path, "user.virtfs.mode", &v32, sizeof(v32)) == sizeof(v32))
+    if (get_attr(path, TRUE, "user.virtfs.mode", &v32, sizeof(v32)) == sizeof(v32))
         return GUINT32_FROM_LE(v32) & S_IFMT;
     return host_type;
 }

@@ -26,8 +26,8 @@ int fsd_pt_set_cred(FsdExport *e, int dirfd, const char *name, const FsdCred *cr
     if (fstat(fd, &st) < 0) {
         rc = -errno;
     } else if (!S_ISLNK(st.st_mode)) {
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        char path[FSD_FD_PATH_MAX];
+        fsd_fd_path(fd, path);
         if (fchmodat(AT_FDCWD, path, cred->mode & 07777, 0) < 0)
             rc = -errno;
     }

@@ -43,7 +43,7 @@ const char *fsd_model_name(FsdModel m)
 static void proc_path_at(int dirfd, const char *name, char *buf, gsize size)
 {
     if (strcmp(name, ".") == 0)
-        snprintf(buf, size, "/proc/self/fd/%d", dirfd);
+        fsd_fd_path(dirfd, buf);
     else
         snprintf(buf, size, "/proc/self/fd/%d/%s", dirfd, name);
 }
@@ -68,8 +68,8 @@ int fsd_model_stat(FsdExport *e, FsdNode *n, struct stat *st)
         return -errno;
     if (e->cfg.model == FSD_SM_MAPPED_XATTR) {
         if (!S_ISLNK(st->st_mode)) {
-            char path[64];
-            snprintf(path, sizeof(path), "/proc/self/fd/%d", n->fd);
+            char path[FSD_FD_PATH_MAX];
+            fsd_fd_path(n->fd, path);
             fsd_mx_overlay(path, TRUE, st);
         }
     } else if (e->cfg.model == FSD_SM_MAPPED_FILE) {
@@ -85,8 +85,8 @@ int fsd_model_type(FsdExport *e, FsdNode *n, mode_t *type)
         return 0;
     }
     if (e->cfg.model == FSD_SM_MAPPED_XATTR) {
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", n->fd);
+        char path[FSD_FD_PATH_MAX];
+        fsd_fd_path(n->fd, path);
         *type = fsd_mx_type(path, n->host_type);
         return 0;
     }
@@ -141,8 +141,8 @@ int fsd_model_chmod(FsdExport *e, FsdNode *n, mode_t mode)
     }
     if (n->host_type == S_IFLNK)
         return -EOPNOTSUPP;
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", n->fd);
+    char path[FSD_FD_PATH_MAX];
+    fsd_fd_path(n->fd, path);
     return fchmodat(AT_FDCWD, path, mode & 07777, 0) < 0 ? -errno : 0;
 }
 

@@ -137,7 +137,12 @@ void fsd_node_proc_path(const FsdNode *n, char *buf, gsize size, gboolean *follo
         snprintf(buf, size, "/proc/self/fd/%d/%s", n->parent->fd, n->name);
         *follow = FALSE;
     } else {
-        snprintf(buf, size, "/proc/self/fd/%d", n->fd);
+        fsd_fd_path(n->fd, buf);
         *follow = TRUE;
     }
+}
+
+void fsd_fd_path(int fd, char buf[FSD_FD_PATH_MAX])
+{
+    snprintf(buf, FSD_FD_PATH_MAX, "/proc/self/fd/%d", fd);
 }

@@ -132,6 +132,10 @@ rig_dump_l1() {
     {
         printf 'info cpus\ninfo registers -a\n'
         for ((i = 0; i < RIG_SMP; i++)); do printf 'info lapic %d\n' "$i"; done
+        # Each CPU's kernel stack: its return addresses name the functions
+        # (L1's kernel has no KASLR under the rig's direct boot; match them
+        # against L1's /proc/kallsyms).
+        for ((i = 0; i < RIG_SMP; i++)); do printf 'cpu %d\nx/160gx $esp\n' "$i"; done
         sleep 2
     } | timeout 10 socat - "UNIX-CONNECT:$sock" > "$out" 2>&1
     tr -d '\r' < "$out" | awk '/^CPU#[0-9]+/ { cpu = $1 } /^RIP=/ && cpu { print "rig: L1 " cpu " " $1 " " $NF; cpu = "" }' >&2

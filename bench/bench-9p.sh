@@ -26,6 +26,7 @@ MSIZE=${BENCH_9P_MSIZE:-512000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 : "${RIG_KIT:?RIG_KIT is not set: run this through tests/rig/rig-run.sh}"
 . "$RIG_KIT/kit.env"
+. "$HERE/guest-lib.sh"
 command -v diod >/dev/null || { echo "SKIP: diod is missing (apt-get install diod)"; exit 77; }
 T=$(mktemp -d /tmp/bench-9p.XXXXXX)
 PID=
@@ -96,7 +97,7 @@ wait_progress() { # NAME PID SID...
     kill -0 "$pid" 2>/dev/null || return 0
     n=$(grep -ac "^GUEST-FS" "$T/$name.out" || true)
     [ "$n" != "$last" ] && { last=$n; end=$((SECONDS + 600)); }
-    sleep 0.5
+    guest_nap "$pid"
   done
   echo "$name: no progress for 600 s after $last GUEST-FS lines; its threads:" >&2
   for sid in "$@"; do
@@ -130,9 +131,9 @@ run_guest() { # NAME COMMAND...
   local attempt
   for attempt in 1 2 3; do
     run_guest_once "$@" && return 0
-    grep -aq -E "guest triple fault|asm_exc_double_fault" "$T/$1.out" || exit 1
+    guest_faulted "$T/$1.out" || exit 1
     echo "$1: the guest faulted (the rig's nested SVM, docs/rig.md); attempt $attempt of 3 lost:" >&2
-    grep -a -m1 -A12 -E "guest triple fault|asm_exc_double_fault" "$T/$1.out" >&2 || true
+    show_fault "$T/$1.out"
   done
   exit 1
 }
@@ -176,7 +177,7 @@ for _ in $(seq "$RUNS"); do
   run_guest vmmd "$BIN/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M -append "$APPEND" "${DISK[@]}" \
     -virtfs "local,path=$E,mount_tag=share,security_model=mapped-xattr"
   keep vmmd
-  run_guest qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot \
+  run_guest qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot "${QEMU_SHUTDOWN_TRACE[@]}" \
     -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
     -fsdev "local,id=f0,path=$E,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share
   keep qemu

@@ -20,6 +20,7 @@ RAND_OPS=${BENCH_RAND_OPS:-3000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 : "${RIG_KIT:?RIG_KIT is not set: run this through tests/rig/rig-run.sh}"
 . "$RIG_KIT/kit.env"
+. "$HERE/guest-lib.sh"
 T=$(mktemp -d /tmp/bench-guest.XXXXXX)
 PID=
 trap '[ -n "$PID" ] && kill -KILL -- -"$PID" 2>/dev/null; rm -rf "$T"' EXIT
@@ -82,9 +83,9 @@ run_vmm() { # NAME COMMAND...
     rc=0
     run_vmm_once "$@" && return 0 || rc=$?
     if [ -n "$PID" ]; then kill -KILL -- -"$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=; fi
-    grep -aq -E "guest triple fault|asm_exc_double_fault" "$T/$1.out" || exit "$rc"
+    guest_faulted "$T/$1.out" || exit "$rc"
     echo "$1: the guest faulted (the rig's nested SVM, docs/rig.md); attempt $attempt of 3 lost:" >&2
-    grep -a -m1 -A12 -E "guest triple fault|asm_exc_double_fault" "$T/$1.out" >&2 || true
+    show_fault "$T/$1.out"
   done
   exit "$rc"
 }
@@ -106,7 +107,7 @@ run_vmm_once() { # NAME COMMAND...: the guest's GUEST-IO lines and USS into $T/N
     kill -0 "$PID" 2>/dev/null || break
     n=$(grep -ac "^GUEST-IO" "$T/$name.out" || true)
     [ "$n" != "$last" ] && { last=$n; end=$((SECONDS + 300)); }
-    sleep 0.5
+    guest_nap "$PID"
   done
   if kill -0 "$PID" 2>/dev/null; then
     echo "$name: no progress for 300 s after $last GUEST-IO lines; its threads:" >&2
@@ -133,7 +134,7 @@ declare -A OURS THEIRS
 USS_OURS= USS_THEIRS=
 for _ in $(seq "$RUNS"); do
   run_vmm vmmd "$BIN/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M -append "$APPEND" "${DISKS[@]}"
-  run_vmm qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot \
+  run_vmm qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot "${QEMU_SHUTDOWN_TRACE[@]}" \
     -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISKS[@]}"
   for op in seqwrite seqread randwrite randread; do
     OURS[$op]=$(better "${OURS[$op]:-}" "$(rate vmmd $op)")

@@ -108,8 +108,10 @@ wait_guest() { # LABEL: waits for $PID (bounded), keeps its console in $T/consol
 
 run_qemu() { # LABEL EXPORT MAKE
   write_script "$3"
+  # The trace line tells a guest reset (reason=7: QEMU's -no-reboot ends
+  # silently) from its poweroff, for retry-triple-fault.sh.
   setsid qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 256 -nographic -no-reboot \
-      -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
+      -trace qemu_system_shutdown_request -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
       -fsdev "local,id=f0,path=$2,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share \
       </dev/null >"$T/out" 2>&1 &
   PID=$!

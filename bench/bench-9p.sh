@@ -131,7 +131,7 @@ run_guest() { # NAME COMMAND...
   local attempt
   for attempt in 1 2 3; do
     run_guest_once "$@" && return 0
-    guest_faulted "$T/$1.out" || exit 1
+    guest_faulted "$T/$1.out" "$1" || exit 1
     echo "$1: the guest faulted (the rig's nested SVM, docs/rig.md); attempt $attempt of 3 lost:" >&2
     show_fault "$T/$1.out"
   done

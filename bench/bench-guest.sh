@@ -83,7 +83,7 @@ run_vmm() { # NAME COMMAND...
     rc=0
     run_vmm_once "$@" && return 0 || rc=$?
     if [ -n "$PID" ]; then kill -KILL -- -"$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=; fi
-    guest_faulted "$T/$1.out" || exit "$rc"
+    guest_faulted "$T/$1.out" "$1" || exit "$rc"
     echo "$1: the guest faulted (the rig's nested SVM, docs/rig.md); attempt $attempt of 3 lost:" >&2
     show_fault "$T/$1.out"
   done

@@ -1,17 +1,26 @@
 # shellcheck shell=bash
 # Sourced by bench-9p.sh and bench-guest.sh: what both do with their L2 guests.
 
-# QEMU run with -no-reboot ends without a word when its guest resets, so a
-# triple fault looks like a poweroff. This trace line says why it stopped:
-# reason=6 is the guest's poweroff, reason=7 a reset.
+# QEMU run with -no-reboot ends with status 0 and without a word when its
+# guest resets (a triple fault), as when the guest powers off. Only the
+# poweroff is a traced shutdown request ("reason=6"); a triple fault under
+# -no-reboot stops QEMU without one.
 QEMU_SHUTDOWN_TRACE=(-trace qemu_system_shutdown_request)
-GUEST_FAULT_RE='guest triple fault|asm_exc_double_fault|qemu_system_shutdown_request reason=7'
+GUEST_FAULT_RE='guest triple fault|asm_exc_double_fault'
 
-# guest_faulted OUT: whether the run that wrote OUT ended in a fault of the
-# guest that the rig's nested SVM makes (docs/rig.md), not in a failure of the
-# VMM or of the workload. A reset after a kernel panic is the guest's own.
-guest_faulted() { grep -aq -E "$GUEST_FAULT_RE" "$1" && ! grep -aq "Kernel panic" "$1"; }
-show_fault() { grep -a -m1 -A12 -E "$GUEST_FAULT_RE" "$1" >&2 || true; }
+# guest_faulted OUT NAME: whether the run NAME ("qemu": QEMU with the trace
+# above) that wrote OUT ended in a fault of the guest that the rig's nested
+# SVM makes (docs/rig.md), not in a failure of the VMM or of the workload. A
+# reset after a kernel panic is the guest's own.
+guest_faulted() {
+  grep -aq -E "$GUEST_FAULT_RE" "$1" && return 0
+  [ "${2:-}" = qemu ] && ! grep -aq "qemu_system_shutdown_request reason=6" "$1" &&
+    ! grep -aq "Kernel panic" "$1" && ! grep -aq "^qemu-system-x86_64:" "$1"
+}
+show_fault() { # OUT
+  if grep -aq -E "$GUEST_FAULT_RE" "$1"; then grep -a -m1 -A12 -E "$GUEST_FAULT_RE" "$1" >&2 || true
+  else echo "QEMU ended without the guest's poweroff (a reset under -no-reboot); its last lines:" >&2; tail -5 "$1" >&2; fi
+}
 
 # guest_nap PID: waits 5 s, or less if PID (a child of this shell) ends
 # first. The watchers check on a run this way, not every 0.5 s: each check

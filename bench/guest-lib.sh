@@ -1,20 +1,16 @@
 # shellcheck shell=bash
 # Sourced by bench-9p.sh and bench-guest.sh: what both do with their L2 guests.
 
-# QEMU run with -no-reboot ends with status 0 and without a word when its
-# guest resets (a triple fault), as when the guest powers off. Only the
-# poweroff is a traced shutdown request ("reason=6"); a triple fault under
-# -no-reboot stops QEMU without one.
-QEMU_SHUTDOWN_TRACE=(-trace qemu_system_shutdown_request)
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/rig/qemu-poweroff.sh"
 GUEST_FAULT_RE='guest triple fault|asm_exc_double_fault'
 
-# guest_faulted OUT NAME: whether the run NAME ("qemu": QEMU with the trace
-# above) that wrote OUT ended in a fault of the guest that the rig's nested
-# SVM makes (docs/rig.md), not in a failure of the VMM or of the workload. A
-# reset after a kernel panic is the guest's own.
+# guest_faulted OUT NAME: whether the run NAME ("qemu": QEMU with
+# QEMU_SHUTDOWN_TRACE) that wrote OUT ended in a fault of the guest that the
+# rig's nested SVM makes (docs/rig.md), not in a failure of the VMM or of the
+# workload. A reset after a kernel panic is the guest's own.
 guest_faulted() {
   grep -aq -E "$GUEST_FAULT_RE" "$1" && return 0
-  [ "${2:-}" = qemu ] && ! grep -aq "qemu_system_shutdown_request reason=6" "$1" &&
+  [ "${2:-}" = qemu ] && ! qemu_powered_off "$1" &&
     ! grep -aq "Kernel panic" "$1" && ! grep -aq "^qemu-system-x86_64:" "$1"
 }
 show_fault() { # OUT

@@ -23,6 +23,7 @@ BIN=${VMM_BIN_DIR:?}
 [ -c /dev/kvm ] || { echo "FAIL: no /dev/kvm (RIG_MODE=${RIG_MODE:-?})"; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 missing"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 missing"; exit 77; }
+. "$(dirname "$0")/../rig/qemu-poweroff.sh"
 T=$(mktemp -d /tmp/rig-9p-qemu.XXXXXX)
 PID=
 cleanup() {
@@ -101,9 +102,7 @@ wait_guest() { # LABEL: waits for $PID (bounded), keeps its console in $T/consol
   echo "$label: the guest ran for $((SECONDS - t0)) s (exit $rc)"
   tr -d '\r' <"$T/out" >"$T/console.$label"
   [ $rc -eq 0 ] || fail "$label: exit $rc"
-  # Under -no-reboot QEMU ends with status 0 when its guest resets (a triple
-  # fault) as when it powers off; only a poweroff is a traced shutdown request.
-  if [ -n "${QEMU_RUN:-}" ] && ! grep -aq "qemu_system_shutdown_request reason=6" "$T/console.$label"; then
+  if [ -n "${QEMU_RUN:-}" ] && ! qemu_powered_off "$T/console.$label"; then
     fail "$label: QEMU ended without the guest's poweroff: a guest triple fault (a reset under -no-reboot)"
   fi
   grep -aq "^GUEST-9P-MOUNT-FAILED" "$T/console.$label" && fail "$label: the guest could not mount the share"
@@ -113,9 +112,8 @@ wait_guest() { # LABEL: waits for $PID (bounded), keeps its console in $T/consol
 
 run_qemu() { # LABEL EXPORT MAKE
   write_script "$3"
-  # The trace line marks the guest's poweroff (wait_guest).
   setsid qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 256 -nographic -no-reboot \
-      -trace qemu_system_shutdown_request -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
+      "${QEMU_SHUTDOWN_TRACE[@]}" -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
       -fsdev "local,id=f0,path=$2,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share \
       </dev/null >"$T/out" 2>&1 &
   PID=$!

@@ -18,12 +18,12 @@
 set -uo pipefail
 out=$(mktemp /tmp/retry-tf.XXXXXX)
 trap 'rm -f "$out"' EXIT
-faulted() { grep -aq -E "guest triple fault|asm_exc_double_fault" "$out"; }
 attempt=1
 while :; do
   "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
-  if [ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || [ "$attempt" -ge 3 ] || ! faulted; then
+  if [ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || [ "$attempt" -ge 3 ] ||
+    ! grep -aq -E "guest triple fault|asm_exc_double_fault" "$out"; then
     exit "$rc"
   fi
   attempt=$((attempt + 1))

@@ -34,32 +34,18 @@ trap cleanup EXIT
 die() { echo "bench-9p-seq: $*" >&2; exit 1; }
 
 gcc -static -O2 -o "$T/guest-fs" "$HERE/guest-fs.c"
-NBLK=$(( ($(stat -c %s "$T/guest-fs") + 4095) / 4096 ))
 truncate -s $((MIB * 2 + 512))M "$T/fs.img"
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$T/fs.img"
 mkdir -p "$T/fs"
 mount -o loop,discard "$T/fs.img" "$T/fs" || die "loop mount of the ext4 image"
 E=$T/fs/export
 
-make_disk() { # OUT.raw MIB: a guest's disk, its script at 0 and guest-fs at 64 KiB
-  {
-    echo 'B=/bin/busybox'
-    echo "\$B dd if=/dev/vda of=/gfs bs=4096 skip=16 count=$NBLK 2>/dev/null; \$B chmod 755 /gfs"
-    echo "\$B mkdir -p /mnt"
-    echo "\$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE share /mnt || \$B echo GUEST-9P-MOUNT-FAILED"
-    echo "/gfs seqwrite /mnt/big $2"
-    echo "/gfs seqread /mnt/big $2"
-    echo "/gfs seqread /mnt/big $2"
-    echo "\$B rm -f /mnt/big"
-    echo "\$B umount /mnt"
-    echo "exit 0"
-  } >"$T/script.sh"
-  truncate -s 1M "$1"
-  dd if="$T/script.sh" of="$1" conv=notrunc status=none
-  dd if="$T/guest-fs" of="$1" bs=4096 seek=16 conv=notrunc status=none
+seq_lines() { # MIB: the guest's workload
+  printf '/gfs seqwrite /mnt/big %s\n/gfs seqread /mnt/big %s\n/gfs seqread /mnt/big %s\n' "$1" "$1" "$1"
+  # shellcheck disable=SC2016 # $B is the guest's
+  printf '$B rm -f /mnt/big\n'
 }
-make_disk "$T/seq.raw" "$MIB"
-make_disk "$T/warm.raw" "$MIB"
+seq_lines "$MIB" | guest_9p_disk "$T/seq.raw" "$T/guest-fs" "$MSIZE"
 APPEND="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
 
 boot() { # NAME DISK: one guest, its console in $T/NAME.out
@@ -99,7 +85,7 @@ measure() {
   die "$1: three guests faulted in a row"
 }
 
-boot vmmd "$T/warm.raw"
+boot vmmd "$T/seq.raw"
 echo "L1: $(nproc) CPUs; warm-up guest (discarded): $(grep -ac '^GUEST-FS seq' "$T/vmmd.out") of 3 workloads ran"
 echo "$MIB MiB per boot, msize $MSIZE; MB/s vmmd / QEMU (read: the mean of two reads)"
 printf '%-6s %-6s %22s %7s %22s %7s\n' round first write ratio read ratio

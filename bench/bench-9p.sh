@@ -43,8 +43,6 @@ trap cleanup EXIT
 die() { echo "bench-9p: $*" >&2; exit 1; }
 
 gcc -static -O2 -o "$T/guest-fs" "$HERE/guest-fs.c"
-NBLK=$(( ($(stat -c %s "$T/guest-fs") + 4095) / 4096 ))
-[ "$NBLK" -le 240 ] || die "guest-fs is too big for the disk header"
 truncate -s $((MIB * 2 + 1024))M "$T/fs.img"
 # Inode tables and journal written now: left lazy, ext4 zeroes them from a
 # kernel thread while the first runs are measured.
@@ -68,24 +66,10 @@ $3 readdir $2/dir 3
 EOF
 }
 
-# A guest's disk: its script (from stdin, ending in exit) at 0, guest-fs at 64 KiB.
-make_disk() { # OUT.raw
-  {
-    echo 'B=/bin/busybox'
-    echo "\$B dd if=/dev/vda of=/gfs bs=4096 skip=16 count=$NBLK 2>/dev/null; \$B chmod 755 /gfs"
-    echo "\$B mkdir -p /mnt"
-    echo "\$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE share /mnt || \$B echo GUEST-9P-MOUNT-FAILED"
-    cat
-    echo "\$B umount /mnt"
-    echo "exit 0"
-  } >"$T/script.sh"
-  truncate -s 1M "$1"
-  dd if="$T/script.sh" of="$1" conv=notrunc status=none
-  dd if="$T/guest-fs" of="$1" bs=4096 seek=16 conv=notrunc status=none
-}
-workload guest /mnt /gfs | make_disk "$T/script.raw"
+workload guest /mnt /gfs | guest_9p_disk "$T/script.raw" "$T/guest-fs" "$MSIZE"
 # shellcheck disable=SC2016 # $B is the guest's
-printf '/gfs seqwrite /mnt/warm %s\n/gfs seqread /mnt/warm %s\n$B rm -f /mnt/warm\n' "$MIB" "$MIB" | make_disk "$T/warm.raw"
+printf '/gfs seqwrite /mnt/warm %s\n/gfs seqread /mnt/warm %s\n$B rm -f /mnt/warm\n' "$MIB" "$MIB" |
+  guest_9p_disk "$T/warm.raw" "$T/guest-fs" "$MSIZE"
 APPEND="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
 DISK=(-drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0)
 NOPS=7   # GUEST-FS lines per run

@@ -29,3 +29,26 @@ guest_nap() {
   kill "$nap" 2>/dev/null || true
   wait "$nap" 2>/dev/null || true
 }
+
+# guest_9p_disk OUT GFS MSIZE: the raw disk a 9p benchmark's L2 guest runs
+# (the kit's initramfs runs "sh </dev/vda"): at 0 a script that copies the
+# static binary GFS from 64 KiB of the disk to /gfs, mounts the 9p tag
+# "share" at /mnt with MSIZE, runs the lines read from stdin, unmounts and
+# exits; GFS itself at 64 KiB.
+guest_9p_disk() {
+  local out=$1 gfs=$2 msize=$3 nblk
+  nblk=$(( ($(stat -c %s "$gfs") + 4095) / 4096 ))
+  [ "$nblk" -le 240 ] || { echo "$gfs is too big for the disk header" >&2; return 1; }
+  {
+    echo 'B=/bin/busybox'
+    echo "\$B dd if=/dev/vda of=/gfs bs=4096 skip=16 count=$nblk 2>/dev/null; \$B chmod 755 /gfs"
+    echo "\$B mkdir -p /mnt"
+    echo "\$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=$msize share /mnt || \$B echo GUEST-9P-MOUNT-FAILED"
+    cat
+    echo "\$B umount /mnt"
+    echo "exit 0"
+  } >"$out.sh"
+  truncate -s 1M "$out"
+  dd if="$out.sh" of="$out" conv=notrunc status=none
+  dd if="$gfs" of="$out" bs=4096 seek=16 conv=notrunc status=none
+}

@@ -34,10 +34,7 @@ trap cleanup EXIT
 die() { echo "bench-9p-seq: $*" >&2; exit 1; }
 
 gcc -static -O2 -o "$T/guest-fs" "$HERE/guest-fs.c"
-truncate -s $((MIB * 2 + 512))M "$T/fs.img"
-mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$T/fs.img"
-mkdir -p "$T/fs"
-mount -o loop,discard "$T/fs.img" "$T/fs" || die "loop mount of the ext4 image"
+guest_export_fs "$T" $((MIB * 2 + 512)) || die "loop mount of the ext4 image"
 E=$T/fs/export
 
 seq_lines() { # MIB: the guest's workload

@@ -43,12 +43,8 @@ trap cleanup EXIT
 die() { echo "bench-9p: $*" >&2; exit 1; }
 
 gcc -static -O2 -o "$T/guest-fs" "$HERE/guest-fs.c"
-truncate -s $((MIB * 2 + 1024))M "$T/fs.img"
-# Inode tables and journal written now: left lazy, ext4 zeroes them from a
-# kernel thread while the first runs are measured.
-mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$T/fs.img"
-mkdir -p "$T/fs" "$T/mnt"
-mount -o loop,discard "$T/fs.img" "$T/fs" || die "loop mount of the ext4 image"
+guest_export_fs "$T" $((MIB * 2 + 1024)) || die "loop mount of the ext4 image"
+mkdir -p "$T/mnt"
 E=$T/fs/export
 echo "L1: $(nproc) CPUs, $(free -m | awk '/^Mem:/ { print $2 " MiB RAM, " $7 " MiB available" }'); $MIB MiB file, $FILES files, $ENTRIES entries, msize $MSIZE"
 

@@ -52,3 +52,14 @@ guest_9p_disk() {
   dd if="$out.sh" of="$out" conv=notrunc status=none
   dd if="$gfs" of="$out" bs=4096 seek=16 conv=notrunc status=none
 }
+
+# guest_export_fs DIR MIB: an ext4 image of MIB MiB mounted on DIR/fs (loop,
+# discard: L1's tmpfs gets deleted blocks back). Its inode tables and journal
+# are written now: left lazy, ext4 zeroes them from a kernel thread while the
+# first runs are measured.
+guest_export_fs() {
+  truncate -s "$2M" "$1/fs.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$1/fs.img"
+  mkdir -p "$1/fs"
+  mount -o loop,discard "$1/fs.img" "$1/fs"
+}

@@ -43,21 +43,12 @@ seq_lines() { # MIB: the guest's workload
   printf '$B rm -f /mnt/big\n'
 }
 seq_lines "$MIB" | guest_9p_disk "$T/seq.raw" "$T/guest-fs" "$MSIZE"
-APPEND="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
 
 boot() { # NAME DISK: one guest, its console in $T/NAME.out
-  local disk=(-drive "file=$2,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0)
+  local cmd
+  guest_9p_cmd cmd "$1" "$BIN" "$2" "$E"
   rm -rf "$E"; mkdir "$E"; fstrim "$T/fs" 2>/dev/null || true
-  if [ "$1" = qemu ]; then
-    setsid timeout 600 qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot \
-      "${QEMU_SHUTDOWN_TRACE[@]}" -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${disk[@]}" \
-      -fsdev "local,id=f0,path=$E,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share \
-      </dev/null >"$T/$1.out" 2>&1 &
-  else
-    setsid timeout 600 "$BIN/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M \
-      -append "$APPEND" "${disk[@]}" -virtfs "local,path=$E,mount_tag=share,security_model=mapped-xattr" \
-      </dev/null >"$T/$1.out" 2>&1 &
-  fi
+  setsid timeout 600 "${cmd[@]}" </dev/null >"$T/$1.out" 2>&1 &
   PID=$!
   wait "$PID" || true
   PID=

@@ -66,8 +66,6 @@ workload guest /mnt /gfs | guest_9p_disk "$T/script.raw" "$T/guest-fs" "$MSIZE"
 # shellcheck disable=SC2016 # $B is the guest's
 printf '/gfs seqwrite /mnt/warm %s\n/gfs seqread /mnt/warm %s\n$B rm -f /mnt/warm\n' "$MIB" "$MIB" |
   guest_9p_disk "$T/warm.raw" "$T/guest-fs" "$MSIZE"
-APPEND="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
-DISK=(-drive "file=$T/script.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0)
 NOPS=7   # GUEST-FS lines per run
 
 fresh_export() { rm -rf "$E"; mkdir "$E"; fstrim "$T/fs" 2>/dev/null || true; }
@@ -163,16 +161,11 @@ OPS=(seqwrite seqread create stat delete readdir)
 declare -A R
 keep() { for op in "${OPS[@]}"; do R[$1.$op]=$(better "${R[$1.$op]:-}" "$(rate "$1" "$op")"); done; }
 
-run_vmmd() {
-  run_guest vmmd "$BIN/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M -append "$APPEND" "${DISK[@]}" \
-    -virtfs "local,path=$E,mount_tag=share,security_model=mapped-xattr"
-  keep vmmd
-}
-run_qemu() {
-  run_guest qemu qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot "${QEMU_SHUTDOWN_TRACE[@]}" \
-    -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$APPEND" "${DISK[@]}" \
-    -fsdev "local,id=f0,path=$E,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share
-  keep qemu
+run_vmm() { # vmmd|qemu
+  local cmd
+  guest_9p_cmd cmd "$1" "$BIN" "$T/script.raw" "$E"
+  run_guest "$1" "${cmd[@]}"
+  keep "$1"
 }
 run_fsd_tcp() {
   run_tcp fsd-tcp 5640 "$BIN/fsd" --export "$E" --listen tcp:127.0.0.1:5640 --security-model passthrough
@@ -188,17 +181,17 @@ run_diod() {
 # 32 MiB one before did not take that away), so a discarded guest writes
 # and reads the same size first, and the order alternates from run to run.
 warm_up() {
+  local cmd
+  guest_9p_cmd cmd vmmd "$BIN" "$T/warm.raw" "$E"
   fresh_export
-  timeout 300 "$BIN/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M -append "$APPEND" \
-    -drive "file=$T/warm.raw,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0 \
-    -virtfs "local,path=$E,mount_tag=share,security_model=mapped-xattr" </dev/null >"$T/warm.out" 2>&1 || true
+  timeout 300 "${cmd[@]}" </dev/null >"$T/warm.out" 2>&1 || true
   echo "warm-up guest (discarded): $(tr -d '\r' <"$T/warm.out" | grep -ac "^GUEST-FS") of 2 workloads ran"
 }
 
 warm_up
 for run in $(seq "$RUNS"); do
-  if [ $((run % 2)) = 1 ]; then run_vmmd; run_qemu; run_fsd_tcp; run_diod
-  else run_qemu; run_vmmd; run_diod; run_fsd_tcp; fi
+  if [ $((run % 2)) = 1 ]; then run_vmm vmmd; run_vmm qemu; run_fsd_tcp; run_diod
+  else run_vmm qemu; run_vmm vmmd; run_diod; run_fsd_tcp; fi
 done
 
 unit() { case $1 in seq*) echo "MB/s";; readdir) echo "entries/s";; *) echo "files/s";; esac; }

@@ -63,3 +63,24 @@ guest_export_fs() {
   mkdir -p "$1/fs"
   mount -o loop,discard "$1/fs.img" "$1/fs"
 }
+
+# guest_9p_cmd ARRAY VMM BIN DISK EXPORT: sets ARRAY to the command that boots
+# the kit's L2 guest (256 MiB, one vCPU, -no-reboot) running DISK (made by
+# guest_9p_disk), with EXPORT as the 9p tag "share" under mapped-xattr.
+# VMM vmmd: BIN/vmmd -virtfs. VMM qemu: QEMU's microvm with its own 9p server
+# (-fsdev and -device virtio-9p-device: microvm has no PCI for -virtfs) and
+# QEMU_SHUTDOWN_TRACE. The benchmarks compare these two command lines.
+# shellcheck disable=SC2034 # guest_9p_argv names the caller's array
+guest_9p_cmd() {
+  local -n guest_9p_argv=$1
+  local append="console=ttyS0 panic=-1 quiet vmm_l2_cmd=sh</dev/vda"
+  local disk=(-drive "file=$4,format=raw,if=none,id=d0,readonly=on" -device virtio-blk-device,drive=d0)
+  case $2 in
+    vmmd) guest_9p_argv=("$3/vmmd" -no-reboot -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -m 256M
+            -append "$append" "${disk[@]}" -virtfs "local,path=$5,mount_tag=share,security_model=mapped-xattr") ;;
+    qemu) guest_9p_argv=(qemu-system-x86_64 -enable-kvm -M microvm -cpu host -m 256 -nographic -no-reboot
+            "${QEMU_SHUTDOWN_TRACE[@]}" -kernel "$RIG_KERNEL" -initrd "$RIG_INITRAMFS_L2" -append "$append" "${disk[@]}"
+            -fsdev "local,id=f0,path=$5,security_model=mapped-xattr" -device virtio-9p-device,fsdev=f0,mount_tag=share) ;;
+    *) echo "guest_9p_cmd: unknown VMM $2" >&2; return 1 ;;
+  esac
+}
